@@ -1,0 +1,5 @@
+import sys
+
+from doodle_rnn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,75 @@
+"""`doodle <command>`: a thin layer; every command lives in `doodle_rnn.commands.<name>`.
+
+Each command module exposes `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+Command modules import their heavy dependencies inside `run`, so `doodle --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = [
+    "download",
+    "prepare",
+    "normalize",
+    "train",
+    "lr_find",
+    "eval",
+    "calibrate",
+    "render",
+    "predict",
+    "export",
+    "import_reference",
+    "serve",
+    "quickstart",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="doodle",
+        description="Recognise Quick, Draw! doodles from pen strokes with a recurrent network.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"doodle_rnn.commands.{name}")
+        except ModuleNotFoundError as exc:  # a command still being built must not break the others
+            if exc.name == f"doodle_rnn.commands.{name}":
+                continue
+            raise
+        p = sub.add_parser(
+            name.replace("_", "-"),
+            help=mod.HELP,
+            description=getattr(mod, "DESCRIPTION", mod.HELP),
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+class UserError(Exception):
+    """An error the user can fix (bad flag, missing file); printed without a traceback."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `doodle` subcommand (see doodle_rnn.cli)."""
