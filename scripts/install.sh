@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install everything doodle-rnn needs into ./.venv on a fresh machine (idempotent).
+# torch goes first, pinned to the CPU wheel, so the project's looser range installs nothing more.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${DOODLE_SKIP_BROWSER:-}" ]; then
+  # Debian's Chromium drives the browser tests of the drawing page (test tools cannot download one here).
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null \
+    || echo "warning: could not install chromium; browser tests will be skipped" >&2
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade "pip>=24,<27"
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[test]"
+echo "installed: $(.venv/bin/python -c 'import doodle_rnn, torch; print("doodle-rnn", doodle_rnn.__version__, "torch", torch.__version__)')"

@@ -1,0 +1,103 @@
+"""Self-describing checkpoints: everything needed to predict travels in the file.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so
+`torch.load(path, weights_only=True)` reads it (no pickled code runs on load):
+
+    format, format_version, package_version
+    model_config   dict (ModelConfig)          model_state  state dict
+    classes        list of class names         encoding, encoding_version, length_rules
+    temperature    float (1.0 until `doodle calibrate` fits one)
+    metrics        dict (best validation numbers, epoch, ...)
+    train_state    dict, only in last.pt (optimizer, scheduler, early stopping, epoch, RNG) for --resume
+
+Writes are atomic (temporary file in the same folder, then os.replace): a kill at any moment leaves
+the previous good file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from doodle_rnn import __version__
+from doodle_rnn.model import GRUClassifier, ModelConfig
+
+FORMAT = "doodle-rnn-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def make_checkpoint(
+    model: GRUClassifier,
+    classes: list[str],
+    encoding: str,
+    length_rules: dict,
+    metrics: dict | None = None,
+    temperature: float = 1.0,
+    encoding_version: int = 1,
+) -> dict:
+    state = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "model_config": _unwrap(model).cfg.to_dict(),
+        "model_state": state,
+        "classes": list(classes),
+        "encoding": encoding,
+        "encoding_version": encoding_version,
+        "length_rules": dict(length_rules),
+        "temperature": float(temperature),
+        "metrics": dict(metrics or {}),
+    }
+
+
+def _unwrap(model: torch.nn.Module) -> GRUClassifier:
+    while hasattr(model, "module"):  # DDP / compiled wrappers
+        model = model.module  # type: ignore[assignment]
+    return getattr(model, "_orig_mod", model)  # type: ignore[return-value]
+
+
+def save_checkpoint(ckpt: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(ckpt, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load safely (weights_only=True); a missing, corrupt or foreign file is a clear error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        hint = " (a reference-project checkpoint? convert it with `doodle import-reference`)" if (
+            isinstance(ckpt, dict) and "class_to_idx" in ckpt
+        ) else ""
+        raise CheckpointError(f"{path}: not a doodle-rnn checkpoint{hint}")
+    return ckpt
+
+
+def build_model(ckpt: dict) -> GRUClassifier:
+    model = GRUClassifier(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model_state"])
+    model.eval()
+    return model

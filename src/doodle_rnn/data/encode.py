@@ -1,0 +1,178 @@
+"""Simplified strokes -> steps `[dx, dy, pen_lift]`, the model's input.
+
+Two named encodings (recorded in every cache and checkpoint, so predictions always use the one a
+model was trained on):
+
+- `reference`: exactly the reference project's encoder. For each stroke with at least 2 points,
+  the differences of consecutive points within that stroke (the pen-up jump between strokes is
+  dropped); pen_lift is 1 on a stroke's last difference. Single-point strokes vanish.
+- `stroke3`: the same, but keeps the pen-up move from the end of one stroke to the start of the next
+  (the step that arrives at a stroke's first point), so where each stroke starts is not lost; single
+  points (dots) are kept. pen_lift is 1 on the step that arrives at a stroke's last point, as in
+  sketch-rnn's stroke-3, so the step after a pen_lift is a pen-up move.
+
+Steps are stored as exact int16 deltas (coordinates are 0..255 integers after normalisation);
+`steps_to_features` turns them into the float features (dx/255, dy/255 clipped to [-1, 1], pen_lift)
+and is the only place that does, for training, evaluation and serving alike.
+
+The batch encoder is vectorised over a whole chunk of drawings: per-drawing numpy calls would cost
+more than the arithmetic (see benchmarks/bench_data.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+ENCODINGS = ("stroke3", "reference")
+DEFAULT_ENCODING = "stroke3"
+ENCODING_VERSION = 1
+SCALE = 255.0
+
+
+@dataclass(frozen=True)
+class LengthRules:
+    """Drop drawings with fewer than `min_len` steps; keep at most the first `max_len` steps."""
+
+    min_len: int = 6
+    max_len: int = 250
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_encoding(name: str) -> str:
+    if name not in ENCODINGS:
+        raise ValueError(f"unknown encoding {name!r}; choose one of {', '.join(ENCODINGS)}")
+    return name
+
+
+def _needs_normalising(strokes: Sequence) -> bool:
+    return any(len(s) == 3 for s in strokes)
+
+
+def encode_batch(
+    strokes_list: Sequence[Sequence], encoding: str = DEFAULT_ENCODING, rules: LengthRules = LengthRules()
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode many drawings at once.
+
+    Returns `(steps, lengths, kept)`: `steps` int16 [sum(lengths), 3] for the kept drawings in order,
+    `lengths` int64 per kept drawing, `kept` the indices (into `strokes_list`) of the drawings that
+    passed the length rules. A drawing not already in simplified form (see
+    `normalize.is_simplified`: no time lists, integer coordinates within 0..255) is normalised first;
+    the check runs vectorised over the whole chunk.
+    """
+    from doodle_rnn.data.normalize import normalize_strokes
+
+    check_encoding(encoding)
+    prepared = [normalize_strokes(s) if _needs_normalising(s) else s for s in strokes_list]
+    flat = _flatten(prepared)
+    x, y, _, _, point_drawing = flat
+    bad_point = (x < 0) | (x > SCALE) | (y < 0) | (y > SCALE) | (x != np.floor(x)) | (y != np.floor(y))
+    if bad_point.any():
+        for i in np.unique(point_drawing[bad_point]).tolist():
+            prepared[i] = normalize_strokes(prepared[i])
+        flat = _flatten(prepared)
+    return _encode_flat(flat, len(prepared), encoding, rules)
+
+
+def _flatten(strokes_list: Sequence[Sequence]):
+    """All points of all drawings in flat arrays (the only per-stroke Python loop of the encoder)."""
+    xs: list = []
+    ys: list = []
+    slen: list[int] = []
+    dcount = np.empty(len(strokes_list), dtype=np.int64)
+    for i, strokes in enumerate(strokes_list):
+        dcount[i] = len(strokes)
+        for s in strokes:
+            xs.extend(s[0])
+            ys.extend(s[1])
+            slen.append(len(s[0]))
+    x = np.asarray(xs, dtype=np.float64)
+    y = np.asarray(ys, dtype=np.float64)
+    slen_a = np.asarray(slen, dtype=np.int64)
+    point_stroke = np.repeat(np.arange(len(slen_a)), slen_a)
+    point_drawing = np.repeat(np.arange(len(strokes_list)), dcount)[point_stroke]
+    return x, y, slen_a, dcount, point_drawing
+
+
+def _encode_flat(flat, n: int, encoding: str, rules: LengthRules) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x, y, slen_a, _, point_drawing = flat
+    n_points = len(x)
+    if n_points == 0:
+        return np.zeros((0, 3), np.int16), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    xi = x.astype(np.int32)
+    yi = y.astype(np.int32)
+    stroke_end = np.cumsum(slen_a)
+    is_last = np.zeros(n_points, dtype=bool)
+    is_last[stroke_end - 1] = True
+    first = np.zeros(n_points, dtype=bool)
+    if encoding == "reference":
+        first[stroke_end - slen_a] = True
+    else:
+        first[0] = True
+        first[1:] = point_drawing[1:] != point_drawing[:-1]
+    dx = np.zeros(n_points, dtype=np.int32)
+    dy = np.zeros(n_points, dtype=np.int32)
+    np.subtract(xi[1:], xi[:-1], out=dx[1:])
+    np.subtract(yi[1:], yi[:-1], out=dy[1:])
+
+    idx = np.flatnonzero(~first)
+    owner = point_drawing[idx]
+    counts = np.bincount(owner, minlength=n)
+    starts = np.cumsum(counts) - counts
+    rank = np.arange(len(idx)) - starts[owner]  # position of each step within its drawing, for the cap
+    lengths_all = np.minimum(counts, rules.max_len)
+    keep_drawing = lengths_all >= rules.min_len
+    sel = idx[(rank < rules.max_len) & keep_drawing[owner]]
+    steps = np.empty((len(sel), 3), dtype=np.int16)
+    steps[:, 0] = dx[sel]
+    steps[:, 1] = dy[sel]
+    steps[:, 2] = is_last[sel]
+    kept = np.flatnonzero(keep_drawing)
+    return steps, lengths_all[kept].astype(np.int64), kept
+
+
+def encode_strokes(
+    strokes: Sequence, encoding: str = DEFAULT_ENCODING, rules: LengthRules = LengthRules()
+) -> np.ndarray | None:
+    """One drawing (raw or simplified) -> int16 steps [T, 3], or None when it breaks the length rules."""
+    steps, lengths, _ = encode_batch([strokes], encoding, rules)
+    return steps if len(lengths) else None
+
+
+def steps_to_features(steps: np.ndarray) -> np.ndarray:
+    """int16 steps -> float32 features [dx/255, dy/255 (clipped to [-1, 1]), pen_lift]."""
+    f = steps.astype(np.float32)
+    f[..., :2] /= SCALE
+    np.clip(f[..., :2], -1.0, 1.0, out=f[..., :2])
+    return f
+
+
+def features_to_strokes(features: np.ndarray, encoding: str) -> list[list[list[int]]]:
+    """Invert the encoding for display ("the drawing as the model sees it").
+
+    `stroke3` is exact up to a shift (the absolute start is not encoded); `reference` cannot know where strokes start, so
+    each stroke is drawn continuing from the previous one's end (exactly what the model is given).
+    """
+    f = np.asarray(features, dtype=np.float64)
+    d = np.rint(f[:, :2] * SCALE).astype(np.int64)
+    pos = np.cumsum(d, axis=0)
+    strokes: list[list[list[int]]] = []
+    cur_x: list[int] = [0]  # the first step starts from the origin of the drawing
+    cur_y: list[int] = [0]
+    for (px, py), pen in zip(pos.tolist(), f[:, 2].tolist(), strict=True):
+        cur_x.append(px)
+        cur_y.append(py)
+        if pen > 0.5:
+            strokes.append([cur_x, cur_y])
+            cur_x, cur_y = ([px], [py]) if encoding == "reference" else ([], [])
+    if len(cur_x) > (1 if encoding == "reference" else 0):
+        strokes.append([cur_x, cur_y])
+    return strokes
+
+
+def rules_from_dict(d: dict | None) -> LengthRules:
+    return LengthRules(**d) if d else LengthRules()
