@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,10 @@ class Mirror:
     drop_after: dict[str, tuple[int, int]] = field(default_factory=dict)  # word -> (bytes, times)
     fail_503: dict[str, int] = field(default_factory=dict)  # word -> how many 503 answers
     ignore_range: bool = False
+    stall: dict[str, int] = field(default_factory=dict)  # word -> bytes sent before going silent (once)
+    delay: float = 0.0  # seconds each answer waits before its headers (to observe parallelism)
+    active: int = 0
+    max_active: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def requests_for(self, word: str) -> list[str | None]:
@@ -65,6 +70,18 @@ class _Handler(BaseHTTPRequestHandler):
             fail = m.fail_503.get(word, 0)
             if fail:
                 m.fail_503[word] = fail - 1
+            stall = m.stall.pop(word, None)
+            m.active += 1
+            m.max_active = max(m.max_active, m.active)
+        try:
+            time.sleep(m.delay)
+            self._answer(m, rng, word, fail, stall)
+        finally:
+            with m.lock:
+                m.active -= 1
+
+    def _answer(self, m: Mirror, rng: str | None, word: str, fail: int, stall: int | None) -> None:
+        with m.lock:
             drop = m.drop_after.get(word)
             if drop and drop[1] > 0:
                 m.drop_after[word] = (drop[0], drop[1] - 1)
@@ -89,6 +106,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Content-Type", "application/x-ndjson")
         self.end_headers()
+        if stall is not None:  # send a little, then say nothing for longer than the client waits
+            self.wfile.write(body[:stall])
+            self.wfile.flush()
+            time.sleep(1.5)
+            self.close_connection = True
+            return
         if drop is not None:  # promise the whole body, send part of it, hang up
             self.wfile.write(body[: drop[0]])
             self.wfile.flush()
@@ -114,7 +137,7 @@ def mirror() -> Iterator[Mirror]:
     server.daemon_threads = True
     server.mirror = m  # type: ignore[attr-defined]
     m.url = f"http://127.0.0.1:{server.server_address[1]}/"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield m
     server.shutdown()
@@ -201,6 +224,24 @@ def test_connection_dropped_mid_file_is_resumed_with_range(mirror: Mirror, tmp_p
     assert (tmp_path / "cow.ndjson").read_bytes() == (DATA / "simplified" / "cow.ndjson").read_bytes()
 
 
+def test_stalled_stream_times_out_and_resumes(mirror: Mirror, tmp_path: Path) -> None:
+    mirror.stall["cow"] = 5000
+    report = download_classes(["cow"], tmp_path, base_url=mirror.url, **{**FAST, "timeout": 0.4})
+    assert report.ok and report.results[0].attempts == 2
+    assert mirror.requests_for("cow") == [None, "bytes=5000-"]
+    assert (tmp_path / "cow.ndjson").read_bytes() == (DATA / "simplified" / "cow.ndjson").read_bytes()
+
+
+def test_jobs_download_files_in_parallel(mirror: Mirror, tmp_path: Path) -> None:
+    mirror.delay = 0.5  # long enough that three requests overlap even on a busy machine
+    words = ["cow", "shark", "snake", "spider"]
+    assert download_classes(words, tmp_path, base_url=mirror.url, jobs=3, **FAST).ok
+    assert mirror.max_active == 3
+    mirror.max_active = 0
+    assert download_classes(["bee", "bear"], tmp_path, base_url=mirror.url, jobs=1, **FAST).ok
+    assert mirror.max_active == 1
+
+
 def test_existing_part_file_is_resumed_with_range_request(mirror: Mirror, tmp_path: Path) -> None:
     src = (DATA / "simplified" / "cow.ndjson").read_bytes()
     part = part_path(tmp_path / "cow.ndjson")
@@ -278,6 +319,7 @@ def test_cli_404_is_reported_and_others_succeed(mirror: Mirror, tmp_path: Path) 
     assert "1/2 classes OK" in proc.stderr
     assert (tmp_path / "hot dog.ndjson").read_bytes() == (DATA / "raw" / "hot dog.ndjson").read_bytes()
     assert not (tmp_path / "cow.ndjson").exists() and mirror.requests_for("cow") == [None]  # no retry
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hot dog.ndjson.meta.json", "hot dog.ndjson"]
 
 
 def test_cli_unknown_class_names_the_nearest(tmp_path: Path) -> None:
@@ -298,6 +340,8 @@ def test_library_rejects_unknown_names_and_paths_outside_out(tmp_path: Path) -> 
     for bad in ("../evil", "a/b", "..", "", "a\\b", " cow"):
         with pytest.raises(ValueError):
             output_path(tmp_path, bad)
+    with pytest.raises(ValueError, match="http"):
+        download_classes(["cow"], tmp_path, base_url="ftp://mirror.test/full/", **FAST)
     assert class_url("The Eiffel Tower", "raw", "https://x.test/full/") == (
         "https://x.test/full/raw/The%20Eiffel%20Tower.ndjson"
     )

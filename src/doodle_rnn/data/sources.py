@@ -35,9 +35,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from doodle_rnn import __version__
 from doodle_rnn.categories import resolve_classes
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 DEFAULT_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/full/"
 FORMATS = ("simplified", "raw")
@@ -167,6 +171,8 @@ def download_classes(
         raise ValueError(f"max_per_class must be at least 1, got {max_per_class}")
     if jobs < 1 or retries < 0 or retry_delay < 0:
         raise ValueError("jobs must be >= 1, retries >= 0 and retry_delay >= 0")
+    if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
+        raise ValueError(f"base URL must start with http:// or https://, got {base_url!r}")
     words = resolve_classes(list(classes))
     out_dir = Path(out_dir)
     paths = {w: output_path(out_dir, w) for w in words}  # check every name before touching the disk
@@ -223,7 +229,7 @@ def _download_one(
     retries: int,
     retry_delay: float,
     timeout: float,
-    bar,
+    bar: tqdm,
     say: Log,
     stop: threading.Event,
 ) -> ClassResult:
@@ -240,9 +246,33 @@ def _download_one(
     old_meta = _read_meta(final)
     if part.exists() and old_meta is not None and old_meta.get("format") != fmt:
         part.unlink()  # a half-download of the other format: not a prefix of this file
-    _write_meta(final, {"format": fmt, "complete": False})
-    resumed_from = part.stat().st_size if part.exists() else 0
+    _write_meta(final, {"format": fmt, "complete": False})  # any older final file is now stale
 
+    try:
+        return _fetch_with_retries(
+            result, part, final, fmt, cap, retries, retry_delay, timeout, bar, say, stop
+        )
+    finally:
+        if not result.ok and not part.exists() and not final.exists():
+            meta_path(final).unlink(missing_ok=True)  # leave no trace of a class that never arrived
+
+
+def _fetch_with_retries(
+    result: ClassResult,
+    part: Path,
+    final: Path,
+    fmt: str,
+    cap: int | None,
+    retries: int,
+    retry_delay: float,
+    timeout: float,
+    bar: tqdm,
+    say: Log,
+    stop: threading.Event,
+) -> ClassResult:
+    """Attempt until complete, a fatal answer, or `retries` attempts in a row without progress."""
+    word, url = result.word, result.url
+    resumed_from = part.stat().st_size if part.exists() else 0
     failures = 0
     while True:
         result.attempts += 1
@@ -288,7 +318,7 @@ def _download_one(
 
 
 def _attempt(
-    url: str, part: Path, cap: int | None, timeout: float, bar, stop: threading.Event
+    url: str, part: Path, cap: int | None, timeout: float, bar: tqdm, stop: threading.Event
 ) -> tuple[int, int, bool]:
     """One GET (a Range GET when `part` has bytes); returns (bytes, lines, capped) when complete."""
     offset = part.stat().st_size if part.exists() else 0
