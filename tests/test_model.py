@@ -1,0 +1,111 @@
+"""GRUClassifier: reference parameter layout, padding invariance, and the fused CPU path equal to nn.GRU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from doodle_rnn.model import GRUClassifier, ModelConfig
+
+
+def _batch(lengths: list[int], seed: int = 0, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.tensor(lengths)
+    x = torch.randn(len(lengths), max(lengths), 3, generator=g, dtype=dtype)
+    for i, n in enumerate(lengths):
+        x[i, n:] = 0
+    return x, lens
+
+
+def test_parameter_names_and_shapes_match_the_reference():
+    m = GRUClassifier(ModelConfig(num_classes=10))
+    shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    expected = {}
+    for layer, fan_in in ((0, 3), (1, 384)):
+        for sfx in ("", "_reverse"):
+            expected[f"gru.weight_ih_l{layer}{sfx}"] = (576, fan_in)
+            expected[f"gru.weight_hh_l{layer}{sfx}"] = (576, 192)
+            expected[f"gru.bias_ih_l{layer}{sfx}"] = (576,)
+            expected[f"gru.bias_hh_l{layer}{sfx}"] = (576,)
+    expected.update({"norm.weight": (384,), "norm.bias": (384,), "fc.weight": (10, 384), "fc.bias": (10,)})
+    assert shapes == expected
+
+
+@pytest.mark.parametrize("impl", ["fused", "packed"])
+@pytest.mark.parametrize("rnn", ["gru", "lstm"])
+def test_padding_never_changes_a_drawings_logits(impl, rnn):
+    torch.manual_seed(0)
+    m = GRUClassifier(ModelConfig(num_classes=7, hidden_size=32, rnn=rnn), impl=impl).eval()
+    alone_x, alone_len = _batch([9], seed=1)
+    with torch.no_grad():
+        alone = m(alone_x, alone_len)
+        x, lens = _batch([40, 9, 25, 33], seed=2)
+        x[1] = 0
+        x[1, :9] = alone_x[0]
+        padded = m(x, lens)
+        # and with garbage (not zeros) in the padding
+        x[1, 9:] = 123.0
+        garbage = m(x, lens)
+    torch.testing.assert_close(padded[1], alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(garbage[1], alone[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("layers", "bidirectional"), [(2, True), (1, False), (3, True), (2, False)])
+def test_fused_path_equals_packed_nn_gru_outputs_and_gradients(layers, bidirectional):
+    torch.manual_seed(3)
+    cfg = ModelConfig(
+        num_classes=5, hidden_size=16, num_layers=layers, bidirectional=bidirectional, dropout=0.0
+    )
+    m = GRUClassifier(cfg).double()
+    x, lens = _batch([5, 9, 1, 9, 3, 7, 2], seed=4, dtype=torch.float64)
+    w = torch.randn(7, 5, dtype=torch.float64)
+    results = {}
+    for impl in ("packed", "fused"):
+        m.impl = impl
+        m.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        y = m(xi, lens)
+        (y * w).sum().backward()
+        grads = {k: p.grad.clone() for k, p in m.named_parameters()}
+        results[impl] = (y.detach(), grads, xi.grad.clone())
+    y_p, g_p, gx_p = results["packed"]
+    y_f, g_f, gx_f = results["fused"]
+    torch.testing.assert_close(y_f, y_p, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(gx_f, gx_p, atol=1e-12, rtol=1e-10)
+    for k in g_p:
+        torch.testing.assert_close(g_f[k], g_p[k], atol=1e-12, rtol=1e-10, msg=k)
+
+
+def test_fused_path_passes_gradcheck():
+    from doodle_rnn.model import gru_final_states
+
+    torch.manual_seed(5)
+    gru = torch.nn.GRU(3, 4, num_layers=2, bidirectional=True, batch_first=True).double()
+    x, lens = _batch([4, 2, 3], seed=6, dtype=torch.float64)
+    x.requires_grad_(True)
+    params = tuple(gru.parameters())
+
+    def f(x, *ps):
+        return gru_final_states(gru, x, lens, training=False)
+
+    assert torch.autograd.gradcheck(f, (x, *params))
+
+
+def test_default_model_shapes_and_dropout_only_in_training():
+    torch.manual_seed(0)
+    m = GRUClassifier(ModelConfig(num_classes=10, hidden_size=24))
+    x, lens = _batch([12, 30, 7])
+    m.train()
+    a, b = m(x, lens), m(x, lens)
+    assert a.shape == (3, 10)
+    assert not torch.allclose(a, b)  # dropout is active
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, lens), m(x, lens))
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="rnn must be"):
+        GRUClassifier(ModelConfig(num_classes=3, rnn="transformer"))
+    with pytest.raises(ValueError, match="impl must be"):
+        GRUClassifier(ModelConfig(num_classes=3), impl="magic")
