@@ -3,6 +3,9 @@
 Training, evaluation and serving all go through `pad_features` (and so through
 `encode.steps_to_features`): there is no second conversion that could drift.
 
+Augmentation (`augment_features`) works on those float features in delta space and is applied to
+training batches only.
+
 Bucketing: drawings are sorted by length inside large random pools, cut into batches, and the batches
 are shuffled, so a batch holds drawings of similar length (little padding, little wasted compute) while
 the order of batches stays random.
@@ -32,7 +35,11 @@ def pad_features(steps: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, 
 
 
 def bucket_batches(
-    lengths: np.ndarray, batch_size: int, shuffle: bool, rng: np.random.Generator | None = None, pool: int = 64
+    lengths: np.ndarray,
+    batch_size: int,
+    shuffle: bool,
+    rng: np.random.Generator | None = None,
+    pool: int = 64,
 ) -> list[np.ndarray]:
     """Split positions 0..len(lengths)-1 into batches of similar length.
 
@@ -53,6 +60,50 @@ def bucket_batches(
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     order = rng.permutation(len(batches))
     return [batches[i] for i in order]
+
+
+def shard_batches(batches: list[np.ndarray], rank: int, world: int) -> list[np.ndarray]:
+    """Rank `rank`'s share of a batch list that every rank built identically (same seed).
+
+    Every rank gets the same number of batches (the few left over are dropped), so data-parallel ranks
+    step together and none waits forever in an all-reduce.
+    """
+    if world <= 1:
+        return batches
+    n = len(batches) // world * world
+    return batches[rank:n:world]
+
+
+def augment_features(
+    x: torch.Tensor,
+    lengths: torch.Tensor,
+    rng: np.random.Generator,
+    rotation: float = 0.15,
+    scale: float = 0.15,
+    jitter: float = 0.5 / 255,
+) -> torch.Tensor:
+    """A randomly rotated, stretched and jittered copy of padded features [B, T, 3] (training only).
+
+    Per drawing: a rotation by U(-rotation, rotation) radians and a scale of U(1 - scale, 1 + scale) per
+    axis, applied to every (dx, dy) step (in delta space a linear map of the drawing is a linear map of
+    its steps); plus Gaussian jitter of `jitter` (in feature units, 1/255 = one pixel) on each step.
+    Pen lifts and padding (zeros past each length) are left alone; steps stay clipped to [-1, 1].
+    """
+    b, t, _ = x.shape
+    theta = rng.uniform(-rotation, rotation, b)
+    sx = rng.uniform(1 - scale, 1 + scale, b)
+    sy = rng.uniform(1 - scale, 1 + scale, b)
+    c, s = np.cos(theta), np.sin(theta)
+    # rows: new (dx, dy) = M @ (dx, dy), M = R(theta) @ diag(sx, sy)
+    m = np.stack([np.stack([c * sx, -s * sy], -1), np.stack([s * sx, c * sy], -1)], -2).astype(np.float32)
+    out = x.clone()
+    out[..., :2] = torch.einsum("bij,btj->bti", torch.from_numpy(m).to(x.device), x[..., :2])
+    if jitter > 0:
+        noise = rng.normal(0.0, jitter, (b, t, 2)).astype(np.float32)
+        out[..., :2] += torch.from_numpy(noise).to(x.device)
+    mask = (torch.arange(t, device=x.device)[None, :] < lengths.to(x.device)[:, None]).unsqueeze(-1)
+    out[..., :2] = torch.where(mask, out[..., :2].clamp(-1.0, 1.0), torch.zeros((), device=x.device))
+    return out
 
 
 def iterate_cache(
