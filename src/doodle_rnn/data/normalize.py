@@ -76,7 +76,7 @@ def _integral_in_frame(values: Sequence) -> tuple[float, float] | None:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
             return None
-        if v < 0 or v > SCALE or v != int(v):
+        if not 0 <= v <= SCALE or v != int(v):  # NaN fails the range test before int()
             return None
         lo = min(lo, v)
         hi = max(hi, v)
