@@ -1,0 +1,65 @@
+"""`doodle eval`: a checkpoint on a prepared cache or data files -> summary.json, plots, report.html."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "evaluate a checkpoint: metrics, calibration, plots and a self-contained HTML report"
+DESCRIPTION = (
+    "Evaluate a checkpoint on a prepared cache (its --split) or on data files of any supported format "
+    "(normalised and encoded exactly as the checkpoint records). Writes DIR/summary.json with every number, "
+    "five PNG plots, and DIR/report.html, one page that opens offline."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt) to evaluate")
+    p.add_argument("--data", nargs="+", required=True, metavar="PATH",
+                   help="a prepared cache folder, or data files/folders (ndjson, raw, npz, csv)")  # fmt: skip
+    p.add_argument("--split", choices=["train", "val", "test", "all"], default=None,
+                   help="split of a prepared cache to evaluate (default: test); data files are always evaluated whole")  # fmt: skip
+    p.add_argument("--out", required=True, help="folder for summary.json, the plots and report.html")
+    p.add_argument("--batch-size", type=int, default=1024, help="drawings per forward pass (length-bucketed)")
+    p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda or cuda:N")
+    p.add_argument("--include-unrecognized", action="store_true",
+                   help="with data files, also evaluate drawings the game did not recognise")  # fmt: skip
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from doodle_rnn.cli import UserError
+    from doodle_rnn.evaluate import EvalError, run_evaluation
+
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    try:
+        s = run_evaluation(
+            args.checkpoint, args.data, args.out, split=args.split, batch_size=args.batch_size, device=args.device,
+            recognized_only=not args.include_unrecognized, progress=args.progress and sys.stderr.isatty(),
+        )  # fmt: skip
+    except EvalError as exc:
+        raise UserError(str(exc)) from exc
+    m = s["metrics"]
+    cls = s["classes"]
+    if cls["checkpoint_classes_without_data"]:
+        print(f"note: no data for {len(cls['checkpoint_classes_without_data'])} checkpoint class(es), left out: "
+              f"{', '.join(cls['checkpoint_classes_without_data'])}", file=sys.stderr)  # fmt: skip
+    if cls["data_classes_not_in_checkpoint"]:
+        dropped = ", ".join(f"{k} ({v})" for k, v in cls["data_classes_not_in_checkpoint"].items())
+        print(f"note: classes unknown to the checkpoint, drawings dropped: {dropped}", file=sys.stderr)
+    sk = s["skipped"]
+    if sk["total"]:
+        print(f"skipped {sk['total']} drawing(s): " + ", ".join(f"{r}: {k}" for r, k in sk["by_reason"].items()),
+              file=sys.stderr)  # fmt: skip
+    print(
+        f"{s['n_drawings']} drawings, {len(cls['evaluated'])} classes: top-1 {m['top1']:.4f}, top-3 {m['top3']:.4f}, "
+        f"macro F1 {m['macro']['f1']:.4f}, NLL {m['nll']:.4f}, ECE {m['ece']:.4f} (15 equal-width bins), "
+        f"temperature {s['temperature']:.3f}"
+    )
+    if s["top1_over_all_checkpoint_classes"] is not None:
+        print(f"top-1 over all {len(s['checkpoint']['classes'])} checkpoint classes: "
+              f"{s['top1_over_all_checkpoint_classes']:.4f}")  # fmt: skip
+    print(f"wrote {args.out}/summary.json, {args.out}/report.html and {len(s['plots'])} plots "
+          f"({s['seconds']:.1f}s, {s['drawings_per_second']:,.0f} drawings/s on {s['device']})")  # fmt: skip
+    return 0

@@ -1,0 +1,207 @@
+"""The evaluation's pictures, as PNG files: confusion matrix, per-class accuracy, reliability diagram,
+confidence histogram, and a grid of example drawings for the most confused pairs.
+
+Figures are built with `matplotlib.figure.Figure` directly (no pyplot): no global backend state, nothing
+opens a window, and it works on a headless server. Every plot is laid out to stay readable from
+10 classes up to all 345 (large class lists show the most relevant part and say so in the title).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+DPI = 110
+MAX_MATRIX_CLASSES = 30
+MAX_BARS = 60
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, facecolor="white")
+    return path
+
+
+def confusion_subset(cm: np.ndarray, max_classes: int = MAX_MATRIX_CLASSES) -> np.ndarray:
+    """Indices of the classes to show: all when few, else the `max_classes` most involved in confusions
+    (their wrong predictions plus the wrong predictions that land on them), in class order."""
+    cm = np.asarray(cm)
+    n = len(cm)
+    if n <= max_classes:
+        return np.arange(n)
+    off = cm.astype(np.float64).copy()
+    np.fill_diagonal(off, 0)
+    score = off.sum(axis=1) + off.sum(axis=0)
+    return np.sort(np.argsort(-score, kind="stable")[:max_classes])
+
+
+def plot_confusion_matrix(cm: Sequence, classes: Sequence[str], path: Path,
+                          max_classes: int = MAX_MATRIX_CLASSES) -> Path:  # fmt: skip
+    """Row-normalised confusion matrix (each row: where that class's drawings went), names on both axes."""
+    from matplotlib.ticker import PercentFormatter
+
+    cm = np.asarray(cm, dtype=np.float64)
+    rate = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    sel = confusion_subset(cm, max_classes)
+    sub = rate[np.ix_(sel, sel)]
+    names = [classes[i] for i in sel]
+    n = len(sel)
+    side = max(5.5, 0.34 * n + 3.0)
+    fig = _figure(side + 1.2, side)
+    ax = fig.add_subplot()
+    im = ax.imshow(sub, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks(
+        range(n), names, rotation=60, ha="right", rotation_mode="anchor", fontsize=9 if n <= 15 else 7
+    )
+    ax.set_yticks(range(n), names, fontsize=9 if n <= 15 else 7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= 20:  # values in the cells while they still fit
+        for i in range(n):
+            for j in range(n):
+                v = sub[i, j]
+                if v >= 0.005:
+                    ax.text(j, i, f"{v * 100:.0f}", ha="center", va="center", fontsize=8,
+                            color="white" if v > 0.55 else "black")  # fmt: skip
+    title = "Confusion matrix (row-normalised, % of each true class)"
+    if n < len(classes):
+        title = (f"Confusion matrix: the {n} most-confused of {len(classes)} classes\n"
+                 "(row-normalised over all predictions, % of each true class)")  # fmt: skip
+    ax.set_title(title, fontsize=11)
+    fig.colorbar(im, ax=ax, shrink=0.8, format=PercentFormatter(1.0))
+    return _save(fig, path)
+
+
+def plot_per_class_accuracy(per_class: dict, path: Path, max_bars: int = MAX_BARS) -> Path:
+    """Per-class accuracy, sorted, as horizontal bars (the worst and best classes when there are many)."""
+    items = sorted(
+        ((v["accuracy"], name, v["support"]) for name, v in per_class.items() if v["accuracy"] is not None)
+    )
+    mean = float(np.mean([a for a, _, _ in items])) if items else 0.0
+    if len(items) <= max_bars:
+        panels = [("", items)]
+    else:
+        half = max_bars // 2
+        panels = [(f"{half} lowest", items[:half]), (f"{half} highest", items[-half:])]
+    rows = max(len(p[1]) for p in panels)
+    fig = _figure(6.5 * len(panels), max(3.0, 0.24 * rows + 1.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, part) in zip(axes, panels, strict=True):
+        acc = [a for a, _, _ in part]
+        y = np.arange(len(part))
+        colors = ["#d62728" if a < mean else "#1f77b4" for a in acc]
+        ax.barh(y, acc, color=colors, height=0.75)
+        ax.set_yticks(y, [f"{name} (n={n})" for _, name, n in part], fontsize=8)
+        for yi, a in zip(y, acc, strict=True):
+            ax.text(min(a + 0.01, 0.9), yi, f"{a:.0%}", va="center", fontsize=7)
+        ax.axvline(mean, color="black", ls="--", lw=1, label=f"mean over classes {mean:.1%}")
+        ax.set_xlim(0, 1.0)
+        ax.set_ylim(-0.6, len(part) - 0.4)
+        ax.set_xlabel("accuracy (share of the class's drawings predicted correctly)")
+        ax.legend(loc="lower right", fontsize=8)
+        if label:
+            ax.set_title(label, fontsize=10)
+    fig.suptitle(f"Per-class accuracy, sorted ({len(items)} classes)", fontsize=11)
+    return _save(fig, path)
+
+
+def plot_reliability(bins: Sequence[dict], ece: float, path: Path) -> Path:
+    """Reliability diagram: accuracy vs mean confidence per bin, the diagonal, counts, ECE in the title."""
+    fig = _figure(6.5, 6.5)
+    ax, axc = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    width = bins[0]["hi"] - bins[0]["lo"]
+    lo = np.array([b["lo"] for b in bins])
+    count = np.array([b["count"] for b in bins])
+    acc = np.array([b["accuracy"] if b["accuracy"] is not None else np.nan for b in bins])
+    conf = np.array([b["confidence"] if b["confidence"] is not None else np.nan for b in bins])
+    has = count > 0
+    ax.bar(lo[has], acc[has], width=width, align="edge", color="#1f77b4", edgecolor="black", lw=0.6,
+           label="accuracy in bin")  # fmt: skip
+    gap_lo = np.minimum(acc, conf)[has]
+    ax.bar(lo[has], np.abs(conf - acc)[has], bottom=gap_lo, width=width, align="edge", color="none",
+           edgecolor="#d62728", hatch="///", lw=0.8, label="gap to the bin's mean confidence")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="perfect calibration")
+    for x, a, c in zip(lo[has], acc[has], count[has], strict=True):
+        ax.text(x + width / 2, min(a + 0.02, 1.0), str(c), ha="center", va="bottom", fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"Reliability diagram: ECE = {ece:.3f}\n({len(bins)} equal-width confidence bins; numbers: drawings per bin)",
+                 fontsize=11)  # fmt: skip
+    axc.bar(lo, count, width=width, align="edge", color="gray", edgecolor="black", lw=0.6)
+    axc.set_ylabel("drawings")
+    axc.set_xlabel("confidence (top-1 probability)")
+    return _save(fig, path)
+
+
+def plot_confidence_histogram(conf: np.ndarray, correct: np.ndarray, path: Path, n_bins: int = 30) -> Path:
+    """How sure the model is when it is right and when it is wrong."""
+    conf = np.asarray(conf, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    edges = np.linspace(0, 1, n_bins + 1)
+    fig = _figure(7.0, 4.2)
+    ax = fig.add_subplot()
+    for mask, color, name in ((correct, "#2ca02c", "correct"), (~correct, "#d62728", "wrong")):
+        n = int(mask.sum())
+        mean = f", mean confidence {conf[mask].mean():.2f}" if n else ""
+        ax.hist(conf[mask], bins=edges, color=color, alpha=0.55, edgecolor=color, label=f"{name}: {n}{mean}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("drawings")
+    ax.legend(loc="upper left", fontsize=9)
+    ax.set_title(f"Confidence of correct and wrong predictions ({len(conf)} drawings)", fontsize=11)
+    return _save(fig, path)
+
+
+def plot_confused_pairs(pairs: Sequence[dict], path: Path) -> Path:
+    """One row per confused pair (true -> predicted), its most confident mistakes drawn as the model saw them."""
+    from doodle_rnn.render import draw_strokes
+
+    pairs = [p for p in pairs if p.get("examples")]
+    if not pairs:
+        fig = _figure(6, 1.5)
+        fig.text(0.5, 0.5, "No confusions: every drawing was predicted correctly.", ha="center", va="center")
+        return _save(fig, path)
+    cols = max(len(p["examples"]) for p in pairs)
+    fig = _figure(1.9 * cols + 1.6, 2.15 * len(pairs) + 0.6)
+    axes = fig.subplots(len(pairs), cols, squeeze=False)
+    for r, pair in enumerate(pairs):
+        for c in range(cols):
+            ax = axes[r, c]
+            if c >= len(pair["examples"]):
+                ax.set_axis_off()
+                continue
+            ex = pair["examples"][c]
+            draw_strokes(ax, ex["strokes"], line_width=1.2)
+            ax.set_title(f"true: {pair['true']}\npred: {pair['predicted']} ({ex['confidence']:.0%})",
+                         fontsize=7.5, color="#b00000")  # fmt: skip
+        axes[r, 0].set_ylabel(f"{pair['true']}\n→ {pair['predicted']}\n{pair['count']}× ({pair['rate']:.0%})",
+                              fontsize=8.5, rotation=0, ha="right", va="center")  # fmt: skip
+    fig.suptitle(
+        "Most confused pairs: their most confident mistakes (drawn from the model's input)", fontsize=11
+    )
+    return _save(fig, path)
+
+
+def write_all(
+    out: Path, metrics: dict, conf: np.ndarray, correct: np.ndarray, pairs: Sequence[dict]
+) -> dict[str, Path]:
+    """Write every plot of the report into `out`; returns name -> path (in report order)."""
+    out = Path(out)
+    return {
+        "confusion_matrix": plot_confusion_matrix(
+            metrics["confusion_matrix"], metrics["classes"], out / "confusion_matrix.png"
+        ),
+        "per_class_accuracy": plot_per_class_accuracy(metrics["per_class"], out / "per_class_accuracy.png"),
+        "reliability": plot_reliability(metrics["reliability_bins"], metrics["ece"], out / "reliability.png"),
+        "confidence_histogram": plot_confidence_histogram(conf, correct, out / "confidence_histogram.png"),
+        "confused_pairs": plot_confused_pairs(pairs, out / "confused_pairs.png"),
+    }
