@@ -19,12 +19,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--data", nargs="+", required=True, metavar="PATH", help="data files or folders")
     p.add_argument("--out", required=True, help="cache folder to write (replaced atomically if it exists)")
-    p.add_argument("--classes", nargs="+", default=None, help="keep only these classes (or preset animals10/all)")
+    p.add_argument(
+        "--classes", nargs="+", default=None, help="keep only these classes (or preset animals10/all)"
+    )
     p.add_argument("--max-per-class", type=int, default=None, help="keep at most N drawings per class")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--recognized-only", dest="recognized_only", action="store_true", default=True,
                    help="keep only drawings the game recognised")  # fmt: skip
-    g.add_argument("--all", dest="recognized_only", action="store_false", help="keep unrecognised drawings too")
+    g.add_argument(
+        "--all", dest="recognized_only", action="store_false", help="keep unrecognised drawings too"
+    )
     p.add_argument("--val-frac", type=float, default=0.1, help="fraction of each class for validation")
     p.add_argument("--test-frac", type=float, default=0.1, help="fraction of each class for test")
     p.add_argument("--encoding", choices=ENCODINGS, default=DEFAULT_ENCODING, help="step encoding")
@@ -32,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len", type=int, default=250, help="keep at most this many steps")
     p.add_argument("--seed", type=int, default=42, help="salt of the key_id hash that assigns splits")
     p.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="files prepared in parallel")
-    p.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
+    p.add_argument(
+        "--strict", action="store_true", help="stop at the first bad record instead of skipping it"
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 

@@ -36,7 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from doodle_rnn import __version__
-from doodle_rnn.data.encode import ENCODING_VERSION, LengthRules, check_encoding, encode_batch, steps_to_features
+from doodle_rnn.data.encode import (
+    ENCODING_VERSION,
+    LengthRules,
+    check_encoding,
+    encode_batch,
+    steps_to_features,
+)
 from doodle_rnn.data.formats import SkipReport, class_of_file, iter_drawings, list_data_files
 
 SPLITS = ("train", "val", "test")
@@ -86,7 +92,10 @@ def key_hash(key_ids: Iterable[str], seed: int) -> np.ndarray:
     """Seeded 64-bit hash per key_id (blake2b: stable across runs, machines and Python versions)."""
     salt = seed.to_bytes(8, "little", signed=True)
     return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8, salt=salt).digest(), "little") for k in key_ids),
+        (
+            int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8, salt=salt).digest(), "little")
+            for k in key_ids
+        ),
         dtype=np.uint64,
     )
 
@@ -145,9 +154,15 @@ def _process_file(path: str, shard_dir: str, cfg: PrepareConfig) -> _Shard:
     lengths = np.concatenate(len_parts) if len_parts else np.zeros(0, np.int64)
     shard.n = len(lengths)
     os.makedirs(shard_dir, exist_ok=True)
-    np.save(os.path.join(shard_dir, "steps.npy"), np.concatenate(steps_parts) if steps_parts else np.zeros((0, 3), np.int16))
+    np.save(
+        os.path.join(shard_dir, "steps.npy"),
+        np.concatenate(steps_parts) if steps_parts else np.zeros((0, 3), np.int16),
+    )
     np.save(os.path.join(shard_dir, "lengths.npy"), lengths)
-    np.save(os.path.join(shard_dir, "words.npy"), np.concatenate(word_parts) if word_parts else np.zeros(0, np.int32))
+    np.save(
+        os.path.join(shard_dir, "words.npy"),
+        np.concatenate(word_parts) if word_parts else np.zeros(0, np.int32),
+    )
     np.save(os.path.join(shard_dir, "hashes.npy"), key_hash(keys, cfg.seed))
     np.save(os.path.join(shard_dir, "key_ids.npy"), np.array(keys, dtype="S") if keys else np.zeros(0, "S1"))
     shard.seconds = time.perf_counter() - t0
@@ -166,7 +181,9 @@ def prepare_cache(cfg: PrepareConfig) -> dict:
         want = set(cfg.classes)
         files = [f for f in files if class_of_file(f) is None or class_of_file(f) in want]
         if not files:
-            raise CacheError(f"none of the input files holds the requested classes ({', '.join(cfg.classes)})")
+            raise CacheError(
+                f"none of the input files holds the requested classes ({', '.join(cfg.classes)})"
+            )
     out = Path(cfg.out)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
@@ -209,9 +226,11 @@ def prepare_cache(cfg: PrepareConfig) -> dict:
 
 def _merge(shards: list[_Shard], tmp: Path, cfg: PrepareConfig) -> dict:
     """Global class list, de-duplication, per-class cap, splits; then one contiguous copy of the steps."""
-    words = sorted({w for s in shards for w in s.words}) if not cfg.classes else [
-        c for c in cfg.classes if any(c in s.words for s in shards)
-    ]
+    words = (
+        sorted({w for s in shards for w in s.words})
+        if not cfg.classes
+        else [c for c in cfg.classes if any(c in s.words for s in shards)]
+    )
     if not words:
         raise CacheError("no usable drawings in the inputs (see the skipped counts above)")
     class_id = {w: i for i, w in enumerate(words)}
@@ -248,10 +267,12 @@ def _merge(shards: list[_Shard], tmp: Path, cfg: PrepareConfig) -> dict:
     n = len(sel)
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths_a[sel], out=offsets[1:])
-    steps_out = np.lib.format.open_memmap(tmp / "steps.npy", mode="w+", dtype=np.int16, shape=(int(offsets[-1]), 3))
+    steps_out = np.lib.format.open_memmap(
+        tmp / "steps.npy", mode="w+", dtype=np.int16, shape=(int(offsets[-1]), 3)
+    )
     pos = 0
     shard_start = 0
-    for si, s in enumerate(shards):
+    for s in shards:
         mask = keep[shard_start : shard_start + s.n]
         if mask.any():
             steps = np.load(Path(s.dir) / "steps.npy", mmap_mode="r")
@@ -294,7 +315,12 @@ def _merge(shards: list[_Shard], tmp: Path, cfg: PrepareConfig) -> dict:
         "n_steps": int(offsets[-1]),
         "split_counts": {sp: int((splits_all[sel] == k).sum()) for k, sp in enumerate(SPLITS)},
         "counts": counts,
-        "split_rule": {"val_frac": cfg.val_frac, "test_frac": cfg.test_frac, "seed": cfg.seed, "hash": "blake2b-64(key_id)"},
+        "split_rule": {
+            "val_frac": cfg.val_frac,
+            "test_frac": cfg.test_frac,
+            "seed": cfg.seed,
+            "hash": "blake2b-64(key_id)",
+        },
         "filters": {"recognized_only": cfg.recognized_only, "max_per_class": cfg.max_per_class},
         "sources": [
             {"path": s.path, "bytes": s.size, "read": s.read, "encoded": s.n, "seconds": round(s.seconds, 3)}
@@ -329,7 +355,9 @@ class DoodleCache:
         self.path = Path(path)
         mf = self.path / "manifest.json"
         if not mf.is_file():
-            raise CacheError(f"{self.path}: not a prepared cache (no manifest.json); run `doodle prepare` first")
+            raise CacheError(
+                f"{self.path}: not a prepared cache (no manifest.json); run `doodle prepare` first"
+            )
         try:
             self.manifest = json.loads(mf.read_text())
         except json.JSONDecodeError as exc:

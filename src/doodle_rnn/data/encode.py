@@ -49,10 +49,6 @@ def check_encoding(name: str) -> str:
     return name
 
 
-def _needs_normalising(strokes: Sequence) -> bool:
-    return any(len(s) == 3 for s in strokes)
-
-
 def encode_batch(
     strokes_list: Sequence[Sequence], encoding: str = DEFAULT_ENCODING, rules: LengthRules = LengthRules()
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,22 +56,51 @@ def encode_batch(
 
     Returns `(steps, lengths, kept)`: `steps` int16 [sum(lengths), 3] for the kept drawings in order,
     `lengths` int64 per kept drawing, `kept` the indices (into `strokes_list`) of the drawings that
-    passed the length rules. A drawing not already in simplified form (see
-    `normalize.is_simplified`: no time lists, integer coordinates within 0..255) is normalised first;
-    the check runs vectorised over the whole chunk.
+    passed the length rules. A drawing not already in simplified form is normalised first
+    (`normalize.normalize_many`); the pass-through test is `normalize.is_simplified`, evaluated here
+    vectorised over the whole chunk (`simplified_mask`; a test keeps the two identical).
     """
-    from doodle_rnn.data.normalize import normalize_strokes
+    from doodle_rnn.data.normalize import normalize_many
 
     check_encoding(encoding)
-    prepared = [normalize_strokes(s) if _needs_normalising(s) else s for s in strokes_list]
-    flat = _flatten(prepared)
-    x, y, _, _, point_drawing = flat
-    bad_point = (x < 0) | (x > SCALE) | (y < 0) | (y > SCALE) | (x != np.floor(x)) | (y != np.floor(y))
-    if bad_point.any():
-        for i in np.unique(point_drawing[bad_point]).tolist():
-            prepared[i] = normalize_strokes(prepared[i])
+    prepared = list(strokes_list)
+    structural = {i for i, s in enumerate(prepared) if _needs_normalising(s)}
+    flat = _flatten(
+        [[] if i in structural else s for i, s in enumerate(prepared)] if structural else prepared
+    )
+    todo = sorted(structural | set(np.flatnonzero(~simplified_mask(flat, len(prepared))).tolist()))
+    if todo:
+        for i, s in zip(todo, normalize_many([prepared[i] for i in todo]), strict=True):
+            prepared[i] = s
         flat = _flatten(prepared)
     return _encode_flat(flat, len(prepared), encoding, rules)
+
+
+def _needs_normalising(strokes: Sequence) -> bool:
+    """Time lists or empty strokes: never the simplified form."""
+    return any(len(s) != 2 or len(s[0]) == 0 for s in strokes)
+
+
+def simplified_mask(flat, n: int) -> np.ndarray:
+    """Vectorised `normalize.is_simplified` for drawings without time lists or empty strokes.
+
+    Simplified = has points, every coordinate integer-valued within 0..255, min x and min y at most
+    `_MAX_MIN`, largest coordinate at least `_MIN_MAX` (see normalize.is_simplified for why).
+    """
+    from doodle_rnn.data.normalize import _MAX_MIN, _MIN_MAX
+
+    x, y, _, _, pd = flat
+    out = np.zeros(n, dtype=bool)
+    if len(x) == 0:
+        return out
+    good = (x >= 0) & (x <= SCALE) & (y >= 0) & (y <= SCALE) & (x == np.floor(x)) & (y == np.floor(y))
+    owners, starts = np.unique(pd, return_index=True)  # points are grouped by drawing, in order
+    all_good = np.logical_and.reduceat(good, starts)
+    min_x = np.minimum.reduceat(x, starts)
+    min_y = np.minimum.reduceat(y, starts)
+    top = np.maximum.reduceat(np.maximum(x, y), starts)
+    out[owners] = all_good & (min_x <= _MAX_MIN) & (min_y <= _MAX_MIN) & (top >= _MIN_MAX)
+    return out
 
 
 def _flatten(strokes_list: Sequence[Sequence]):
@@ -98,7 +123,9 @@ def _flatten(strokes_list: Sequence[Sequence]):
     return x, y, slen_a, dcount, point_drawing
 
 
-def _encode_flat(flat, n: int, encoding: str, rules: LengthRules) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _encode_flat(
+    flat, n: int, encoding: str, rules: LengthRules
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x, y, slen_a, _, point_drawing = flat
     n_points = len(x)
     if n_points == 0:

@@ -95,7 +95,9 @@ class SkipReport:
 
 def _bad(report: SkipReport | None, strict: bool, path: str, line: int, reason: str) -> None:
     if strict:
-        raise DataFormatError(f"{path}:{line}: {reason} (run without --strict to skip and count such records)")
+        raise DataFormatError(
+            f"{path}:{line}: {reason} (run without --strict to skip and count such records)"
+        )
     if report is not None:
         report.add(path, line, reason)
 
@@ -211,7 +213,9 @@ def iter_npz(path: Path, strict: bool = False, report: SkipReport | None = None)
         raise DataFormatError(f"{path}: cannot read as a sketch-rnn .npz ({exc})") from exc
     keys = [k for k in ("train", "valid", "test") if k in npz.files]
     if not keys:
-        raise DataFormatError(f"{path}: a sketch-rnn .npz needs 'train', 'valid' or 'test' arrays; has {npz.files}")
+        raise DataFormatError(
+            f"{path}: a sketch-rnn .npz needs 'train', 'valid' or 'test' arrays; has {npz.files}"
+        )
     for split in keys:
         for i, item in enumerate(npz[split]):
             pos = f"{split}[{i}]"
@@ -271,7 +275,9 @@ def detect_format(path: Path) -> str:
 READERS = {"ndjson": iter_ndjson, "npz": iter_npz, "csv": iter_csv}
 
 
-def iter_drawings(path: str | Path, strict: bool = False, report: SkipReport | None = None) -> Iterator[Drawing]:
+def iter_drawings(
+    path: str | Path, strict: bool = False, report: SkipReport | None = None
+) -> Iterator[Drawing]:
     """Stream the drawings of one file of any supported format."""
     path = Path(path)
     if not path.is_file():

@@ -76,7 +76,10 @@ def make_drawing(rng: np.random.Generator, shape: str) -> list[list[list[int]]]:
     lo = allp.min(axis=0)
     span = max(float((allp.max(axis=0) - lo).max()), 1e-6)
     return [
-        [np.rint((p[:, 0] - lo[0]) / span * 255).astype(int).tolist(), np.rint((p[:, 1] - lo[1]) / span * 255).astype(int).tolist()]
+        [
+            np.rint((p[:, 0] - lo[0]) / span * 255).astype(int).tolist(),
+            np.rint((p[:, 1] - lo[1]) / span * 255).astype(int).tolist(),
+        ]
         for p in out
     ]
 
@@ -86,17 +89,19 @@ def generate(n: int, seed: int = 0, shapes: tuple[str, ...] = SHAPES) -> Iterato
     rng = np.random.default_rng(seed)
     for i in range(n):
         shape = shapes[i % len(shapes)]
-        yield Drawing(word=shape, key_id=f"syn-{seed}-{i}", strokes=make_drawing(rng, shape), countrycode="ZZ")
+        yield Drawing(
+            word=shape, key_id=f"syn-{seed}-{i}", strokes=make_drawing(rng, shape), countrycode="ZZ"
+        )
 
 
-def write_ndjson_per_class(out_dir: Path, n: int, seed: int = 0, shapes: tuple[str, ...] = SHAPES) -> list[Path]:
+def write_ndjson_per_class(
+    out_dir: Path, n: int, seed: int = 0, shapes: tuple[str, ...] = SHAPES
+) -> list[Path]:
     """Write `<shape>.ndjson` files in the official simplified layout."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    handles = {s: open(out_dir / f"{s}.ndjson", "wb") for s in shapes}
-    try:
-        for d in generate(n, seed, shapes):
-            handles[d.word].write(orjson.dumps(d.to_ndjson_dict()) + b"\n")
-    finally:
-        for h in handles.values():
-            h.close()
+    lines: dict[str, list[bytes]] = {s: [] for s in shapes}
+    for d in generate(n, seed, shapes):
+        lines[d.word].append(orjson.dumps(d.to_ndjson_dict()) + b"\n")
+    for s in shapes:
+        (out_dir / f"{s}.ndjson").write_bytes(b"".join(lines[s]))
     return [out_dir / f"{s}.ndjson" for s in shapes]
