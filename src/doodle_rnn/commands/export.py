@@ -1,0 +1,74 @@
+"""`doodle export`: checkpoint -> ONNX (dynamic batch and length), parity-checked before it is kept."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "export a checkpoint to ONNX (optionally int8-quantised), verified against torch"
+DESCRIPTION = (
+    "Write the model of a checkpoint as an ONNX graph that takes padded x [B, T, 3] and lengths [B] "
+    "(dynamic batch and length) and returns logits, with classes, encoding, length rules and temperature "
+    "in its metadata, so `doodle serve` and `Classifier.load` can run it with ONNX Runtime alone. The "
+    "export is checked against torch on drawings of mixed lengths and refused if any logit differs by "
+    "more than --tolerance. --quantize int8 also writes dynamically quantised weights (smaller; check "
+    "its accuracy with `doodle predict`: it is not the default)."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="the .pt checkpoint to export")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="int8: dynamic int8 weight quantisation of the written file")  # fmt: skip
+    p.add_argument(
+        "--tolerance", type=float, default=1e-4, help="largest allowed |logit difference| vs torch"
+    )
+    p.add_argument("--check-drawings", type=int, default=64,
+                   help="synthetic drawings (mixed lengths) used for the parity check")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from doodle_rnn.checkpoint import load_checkpoint
+    from doodle_rnn.cli import UserError
+    from doodle_rnn.data.batches import pad_features
+    from doodle_rnn.data.encode import LengthRules, encode_batch
+    from doodle_rnn.data.synthetic import generate
+    from doodle_rnn.export import export_onnx, quantize_int8, verify_parity
+
+    out = Path(args.onnx)
+    if out.suffix.lower() != ".onnx":
+        raise UserError(f"--onnx {out}: the output name must end in .onnx")
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    export_onnx(ckpt, out)
+    # Parity on drawings of mixed lengths in batches of 16 (padding must not change any logit).
+    strokes = [d.strokes for d in generate(max(args.check_drawings, 2), seed=7)]
+    steps, lengths, _ = encode_batch(strokes, ckpt["encoding"], LengthRules(1, LengthRules().max_len))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    batches = []
+    for s in range(0, len(lengths), 16):
+        idx = range(s, min(s + 16, len(lengths)))
+        batches.append(
+            pad_features(
+                np.concatenate([steps[offsets[i] : offsets[i + 1]] for i in idx]), lengths[s : s + 16]
+            )
+        )
+    diff = verify_parity(ckpt, out, batches)
+    if diff > args.tolerance:
+        out.unlink(missing_ok=True)
+        raise UserError(
+            f"ONNX logits differ from torch by {diff:.3g} > --tolerance {args.tolerance}; nothing written"
+        )
+    result = {"onnx": str(out), "bytes": out.stat().st_size, "max_abs_logit_diff": diff}
+    if args.quantize == "int8":
+        q = quantize_int8(out, out)
+        result.update(quantization="int8-dynamic", bytes_int8=q.stat().st_size)
+    print(json.dumps(result))
+    return 0
