@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +76,6 @@ class PrepareConfig:
 class _Shard:
     path: str
     size: int
-    dir: str
     n: int = 0
     read: int = 0
     too_short: int = 0
@@ -86,6 +85,13 @@ class _Shard:
     skips: SkipReport = field(default_factory=SkipReport)
     words: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # arrays; `steps` is dropped by the parent as soon as it is appended to the unordered steps file
+    steps: np.ndarray | None = None
+    lengths: np.ndarray | None = None
+    word_ids: np.ndarray | None = None
+    hashes: np.ndarray | None = None
+    key_ids: np.ndarray | None = None
+    steps_offset: int = 0  # byte offset of this shard's steps in the parent's unordered steps file
 
 
 def key_hash(key_ids: Iterable[str], seed: int) -> np.ndarray:
@@ -108,12 +114,16 @@ def split_of(hashes: np.ndarray, val_frac: float, test_frac: float) -> np.ndarra
     return out
 
 
-def _process_file(path: str, shard_dir: str, cfg: PrepareConfig) -> _Shard:
-    """Worker: read one file, filter, encode in chunks, write a shard. Memory: one file's steps."""
+def _process_file(path: str, cfg: PrepareConfig) -> _Shard:
+    """Worker: read one file, filter, encode in chunks. Memory: one file's steps.
+
+    The shard travels back to the parent in memory (one pickle) rather than through files: on slow
+    file systems creating a handful of files per input cost more than encoding a small class file.
+    """
     t0 = time.perf_counter()
     rules = LengthRules(cfg.min_len, cfg.max_len)
     want = set(cfg.classes) if cfg.classes else None
-    shard = _Shard(path=path, size=os.path.getsize(path), dir=shard_dir)
+    shard = _Shard(path=path, size=os.path.getsize(path))
     per_class: Counter = Counter()
     word_index: dict[str, int] = {}
     steps_parts, len_parts, word_parts, keys = [], [], [], []
@@ -153,18 +163,11 @@ def _process_file(path: str, shard_dir: str, cfg: PrepareConfig) -> _Shard:
     shard.words = list(word_index)
     lengths = np.concatenate(len_parts) if len_parts else np.zeros(0, np.int64)
     shard.n = len(lengths)
-    os.makedirs(shard_dir, exist_ok=True)
-    np.save(
-        os.path.join(shard_dir, "steps.npy"),
-        np.concatenate(steps_parts) if steps_parts else np.zeros((0, 3), np.int16),
-    )
-    np.save(os.path.join(shard_dir, "lengths.npy"), lengths)
-    np.save(
-        os.path.join(shard_dir, "words.npy"),
-        np.concatenate(word_parts) if word_parts else np.zeros(0, np.int32),
-    )
-    np.save(os.path.join(shard_dir, "hashes.npy"), key_hash(keys, cfg.seed))
-    np.save(os.path.join(shard_dir, "key_ids.npy"), np.array(keys, dtype="S") if keys else np.zeros(0, "S1"))
+    shard.steps = np.concatenate(steps_parts) if steps_parts else np.zeros((0, 3), np.int16)
+    shard.lengths = lengths
+    shard.word_ids = np.concatenate(word_parts) if word_parts else np.zeros(0, np.int32)
+    shard.hashes = key_hash(keys, cfg.seed)
+    shard.key_ids = np.array(keys, dtype="S") if keys else np.zeros(0, "S1")
     shard.seconds = time.perf_counter() - t0
     return shard
 
@@ -191,25 +194,30 @@ def prepare_cache(cfg: PrepareConfig) -> dict:
     try:
         shards: list[_Shard] = [None] * len(files)  # type: ignore[list-item]
         bar = tqdm(total=len(files), unit="file", desc="prepare", disable=not cfg.progress)
-        args = [(str(f), str(tmp / "shards" / f"{i:05d}"), cfg) for i, f in enumerate(files)]
-        if cfg.jobs > 1 and len(files) > 1:
-            with ProcessPoolExecutor(max_workers=cfg.jobs) as pool:
-                futures = {pool.submit(_process_file, *a): i for i, a in enumerate(args)}
-                from concurrent.futures import as_completed
+        unordered = tmp / "steps.unordered"
+        with open(unordered, "wb") as sink:
 
-                for fut in as_completed(futures):
-                    shards[futures[fut]] = fut.result()
-                    bar.update(1)
-                    bar.set_postfix(drawings=sum(s.n for s in shards if s))
-        else:
-            for i, a in enumerate(args):
-                shards[i] = _process_file(*a)
+            def take(i: int, shard: _Shard) -> None:
+                """Append the shard's steps to one file and keep only its small per-drawing arrays."""
+                shard.steps_offset = sink.tell()
+                sink.write(np.ascontiguousarray(shard.steps).tobytes())
+                shard.steps = None
+                shards[i] = shard
                 bar.update(1)
                 bar.set_postfix(drawings=sum(s.n for s in shards if s))
+
+            if cfg.jobs > 1 and len(files) > 1:
+                with ProcessPoolExecutor(max_workers=cfg.jobs) as pool:
+                    futures = {pool.submit(_process_file, str(f), cfg): i for i, f in enumerate(files)}
+                    for fut in as_completed(futures):
+                        take(futures[fut], fut.result())
+            else:
+                for i, f in enumerate(files):
+                    take(i, _process_file(str(f), cfg))
         bar.close()
         manifest = _merge(shards, tmp, cfg)
         manifest["seconds"] = round(time.perf_counter() - t0, 3)
-        shutil.rmtree(tmp / "shards")
+        unordered.unlink()
         _write_json(tmp / "manifest.json", manifest)
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
@@ -234,19 +242,11 @@ def _merge(shards: list[_Shard], tmp: Path, cfg: PrepareConfig) -> dict:
     if not words:
         raise CacheError("no usable drawings in the inputs (see the skipped counts above)")
     class_id = {w: i for i, w in enumerate(words)}
-    lengths, labels, hashes, keys, owners = [], [], [], [], []
-    for si, s in enumerate(shards):
-        d = Path(s.dir)
-        remap = np.array([class_id[w] for w in s.words] or [0], dtype=np.int32)
-        lengths.append(np.load(d / "lengths.npy"))
-        labels.append(remap[np.load(d / "words.npy")])
-        hashes.append(np.load(d / "hashes.npy"))
-        keys.append(np.load(d / "key_ids.npy"))
-        owners.append(np.full(s.n, si, dtype=np.int32))
-    lengths_a = np.concatenate(lengths)
-    labels_a = np.concatenate(labels)
-    hashes_a = np.concatenate(hashes)
-    owner_a = np.concatenate(owners)
+    lengths_a = np.concatenate([s.lengths for s in shards])
+    labels_a = np.concatenate(
+        [np.array([class_id[w] for w in s.words] or [0], dtype=np.int32)[s.word_ids] for s in shards]
+    )
+    hashes_a = np.concatenate([s.hashes for s in shards])
     keep = np.zeros(len(hashes_a), dtype=bool)
     keep[np.unique(hashes_a, return_index=True)[1]] = True  # first occurrence of every key_id
     duplicates = int(len(keep) - keep.sum())
@@ -272,11 +272,13 @@ def _merge(shards: list[_Shard], tmp: Path, cfg: PrepareConfig) -> dict:
     )
     pos = 0
     shard_start = 0
+    unordered = np.memmap(tmp / "steps.unordered", dtype=np.int16, mode="r").reshape(-1, 3) if n else None
     for s in shards:
         mask = keep[shard_start : shard_start + s.n]
         if mask.any():
-            steps = np.load(Path(s.dir) / "steps.npy", mmap_mode="r")
             ln = lengths_a[shard_start : shard_start + s.n]
+            first = s.steps_offset // 6  # 3 int16 per step
+            steps = unordered[first : first + int(ln.sum())]
             if mask.all():
                 chunk = steps
             else:
@@ -287,13 +289,12 @@ def _merge(shards: list[_Shard], tmp: Path, cfg: PrepareConfig) -> dict:
             pos += len(chunk)
         shard_start += s.n
     steps_out.flush()
-    del steps_out
-    key_arr = np.concatenate(keys)[sel] if n else np.zeros(0, "S1")
+    del steps_out, unordered
+    key_arr = np.concatenate([s.key_ids for s in shards])[sel] if n else np.zeros(0, "S1")
     np.save(tmp / "offsets.npy", offsets)
     np.save(tmp / "labels.npy", labels_a[sel].astype(np.int16))
     np.save(tmp / "splits.npy", splits_all[sel])
     np.save(tmp / "key_ids.npy", key_arr)
-    _ = owner_a
 
     counts = {
         w: {sp: int(((labels_a[sel] == i) & (splits_all[sel] == k)).sum()) for k, sp in enumerate(SPLITS)}
