@@ -1,0 +1,70 @@
+"""`doodle quickstart`: the main job in one command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "download the 10 animals, prepare, train, evaluate and open the drawing page, in one go"
+DESCRIPTION = (
+    "Do what a new user came for: download the 10-animal preset (capped per class so it trains in well "
+    "under an hour on a laptop CPU; --full for everything), prepare a cache, train with the reference "
+    "recipe, evaluate (plots and report), print where everything is, and serve the drawing page with "
+    "the trained model. Re-running skips the steps whose outputs are complete."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from doodle_rnn.data.encode import DEFAULT_ENCODING, ENCODINGS
+
+    p.add_argument("--workdir", default="runs/quickstart", help="folder for data, cache, run and evaluation")
+    p.add_argument(
+        "--classes", nargs="+", default=["animals10"], help="class names or presets (animals10, all)"
+    )
+    p.add_argument("--max-per-class", type=int, default=5000, help="drawings per class to download and use")
+    p.add_argument("--full", action="store_true", help="use every drawing of each class (no per-class cap)")
+    p.add_argument("--data-dir", default=None, help="use local <class>.ndjson files instead of downloading")
+    p.add_argument(
+        "--base-url", default=None, help="download from this mirror instead of the official bucket"
+    )
+    p.add_argument("--encoding", choices=ENCODINGS, default=DEFAULT_ENCODING, help="step encoding")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs (early stopping may end sooner)")
+    p.add_argument("--batch-size", type=int, default=192, help="training batch size")
+    p.add_argument("--hidden-size", type=int, default=192, help="GRU hidden size")
+    p.add_argument("--num-layers", type=int, default=2, help="GRU layers")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="stop training after this many steps (smoke runs)"
+    )
+    p.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="training device")
+    p.add_argument("--seed", type=int, default=42, help="random seed (splits and training)")
+    p.add_argument("--jobs", type=int, default=2, help="files prepared in parallel")
+    p.add_argument("--no-serve", dest="serve", action="store_false", help="stop after evaluation")
+    p.add_argument("--host", default="127.0.0.1", help="address of the drawing page")
+    p.add_argument("--port", type=int, default=8000, help="port of the drawing page")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from doodle_rnn.categories import UnknownClassError
+    from doodle_rnn.cli import UserError
+    from doodle_rnn.data.cache import CacheError
+    from doodle_rnn.data.formats import DataFormatError
+    from doodle_rnn.evaluate import EvalError
+    from doodle_rnn.quickstart import QuickstartConfig, QuickstartError, run_quickstart, serve
+    from doodle_rnn.train import TrainError
+
+    cfg = QuickstartConfig(
+        workdir=args.workdir, classes=args.classes, max_per_class=None if args.full else args.max_per_class,
+        data_dir=args.data_dir, base_url=args.base_url, encoding=args.encoding, epochs=args.epochs,
+        batch_size=args.batch_size, hidden_size=args.hidden_size, num_layers=args.num_layers,
+        max_steps=args.max_steps, patience=args.patience, device=args.device, seed=args.seed, jobs=args.jobs,
+        serve=args.serve, host=args.host, port=args.port, progress=args.progress and sys.stderr.isatty(),
+    )  # fmt: skip
+    try:
+        out = run_quickstart(cfg)
+    except (QuickstartError, UnknownClassError, CacheError, DataFormatError, EvalError, TrainError) as exc:
+        raise UserError(str(exc)) from exc
+    if cfg.serve:
+        serve(out["checkpoint"], cfg.host, cfg.port)
+    return 0
