@@ -1,0 +1,187 @@
+"""Training end to end on real files: learning, checkpoints, logs, exact resume after SIGKILL, lr-find."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from doodle_rnn.checkpoint import build_model, load_checkpoint
+from doodle_rnn.data.batches import augment_features, pad_features, shard_batches
+from doodle_rnn.data.cache import DoodleCache, PrepareConfig, prepare_cache
+from doodle_rnn.data.synthetic import write_ndjson_per_class
+from doodle_rnn.train import TrainConfig, train
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "quickdraw"
+
+
+def _cache(root: Path, n: int, seed: int = 1) -> Path:
+    write_ndjson_per_class(root / "syn", n, seed=seed)
+    prepare_cache(PrepareConfig(inputs=[str(root / "syn")], out=str(root / "cache"), progress=False))
+    return root / "cache"
+
+
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory) -> Path:
+    return _cache(tmp_path_factory.mktemp("small"), 1200)
+
+
+def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "doodle_rnn", *args], capture_output=True, text=True, **kw)
+
+
+def _epochs(run: Path) -> list[dict]:
+    return [
+        r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"
+    ]
+
+
+def test_learns_synthetic_shapes_to_98_percent_in_about_a_minute(tmp_path):
+    cache = _cache(tmp_path, 4000)
+    cpu0 = time.process_time()  # CPU time, not wall time: the test machine is shared
+    cfg = TrainConfig(data=str(cache), out=str(tmp_path / "run"), epochs=12, batch_size=64, hidden_size=64,
+                      num_threads=1, log_every=10_000)  # fmt: skip
+    summary = train(cfg)
+    cpu_secs = time.process_time() - cpu0
+    assert summary["best"]["val_acc1"] >= 0.98, summary
+    assert cpu_secs < 90, cpu_secs  # ~25 CPU seconds when measured
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert ckpt["classes"] == DoodleCache(cache).classes
+    assert ckpt["metrics"]["val_acc1"] == summary["best"]["val_acc1"]
+
+
+def test_cli_writes_config_logs_and_self_describing_checkpoints(small_cache, tmp_path):
+    run = tmp_path / "run"
+    r = _cli("train", "--data", str(small_cache), "--out", str(run), "--epochs", "2", "--hidden-size", "16",
+             "--batch-size", "32", "--log-every", "10", "--num-threads", "1", "--no-augment")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "config: {" in r.stdout
+    lines = r.stdout.splitlines()
+    batch_lines = [x for x in lines if x.startswith("  Batch ")]
+    epoch_lines = [x for x in lines if x.startswith("Epoch ")]
+    assert len(epoch_lines) == 2 and epoch_lines[0].startswith("Epoch 01 | train_loss=")
+    assert batch_lines and " | loss=" in batch_lines[0] and " lr=" in batch_lines[0]
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["hidden_size"] == 16 and cfg["augment"] is False and cfg["epochs"] == 2
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [x for x in recs if x["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert len([x for x in recs if x["kind"] == "batch"]) == len(batch_lines)
+    # the console numbers are the file's numbers
+    assert f"val_loss={epochs[1]['val_loss']:.4f}" in epoch_lines[1]
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(run / name, map_location="cpu", weights_only=True)
+        assert ckpt["encoding"] == "stroke3" and ckpt["length_rules"] == {"min_len": 6, "max_len": 250}
+        assert ckpt["model_config"]["hidden_size"] == 16 and len(ckpt["classes"]) == 8
+        assert ckpt["package_version"]
+    best = load_checkpoint(run / "best.pt")
+    assert "train_state" not in best
+    assert best["metrics"]["val_loss"] == min(e["val_loss"] for e in epochs)
+    # the loss fell
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    # the saved model reproduces the logged validation loss
+    model = build_model(best)
+    cache = DoodleCache(small_cache)
+    idx = cache.split_indices("val")
+    x, lengths = pad_features(*cache.batch_steps(idx))
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(
+            model(x, lengths), torch.from_numpy(cache.labels[idx].astype(np.int64))
+        )
+    assert loss.item() == pytest.approx(best["metrics"]["val_loss"], rel=1e-4)
+
+
+def test_user_errors_are_one_line(tmp_path, small_cache):
+    r = _cli("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "doodle prepare" in r.stderr
+    r = _cli("train", "--data", str(small_cache), "--out", str(tmp_path / "run"), "--resume")
+    assert r.returncode == 2 and "last.pt does not exist" in r.stderr
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(small_cache, tmp_path):
+    args = ["--data", str(small_cache), "--epochs", "3", "--hidden-size", "16", "--batch-size", "16",
+            "--num-threads", "1", "--log-every", "5", "--patience", "10"]  # fmt: skip
+    whole = tmp_path / "whole"
+    r = _cli("train", *args, "--out", str(whole))
+    assert r.returncode == 0, r.stderr
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "doodle_rnn", "train", *args, "--out", str(cut)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not (cut / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = load_checkpoint(cut / "last.pt")["train_state"]["epoch"]
+    assert done < 3  # killed before the end
+
+    r = _cli("train", *args, "--out", str(cut), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert f"resumed from {cut / 'last.pt'} after epoch {done}" in r.stdout
+    a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(cut / "last.pt")
+    assert a["train_state"]["epoch"] == b["train_state"]["epoch"] == 3
+    for k, v in a["model_state"].items():
+        torch.testing.assert_close(b["model_state"][k], v, atol=1e-6, rtol=0, msg=k)
+    ea, eb = _epochs(whole), _epochs(cut)
+    assert [e["epoch"] for e in eb] == [1, 2, 3]
+    for x, y in zip(ea, eb, strict=True):
+        for key in ("train_loss", "train_acc1", "val_loss", "val_acc1", "lr"):
+            assert y[key] == pytest.approx(x[key], abs=1e-6), key
+    # optimizer state resumed too (AdamW step counts and moments)
+    sa, sb = a["train_state"]["optimizer"]["state"], b["train_state"]["optimizer"]["state"]
+    for k in sa:
+        torch.testing.assert_close(sb[k]["exp_avg_sq"], sa[k]["exp_avg_sq"], atol=1e-9, rtol=1e-5)
+
+
+def test_onecycle_grad_accum_and_max_steps(small_cache, tmp_path):
+    cfg = TrainConfig(data=str(small_cache), out=str(tmp_path / "run"), epochs=5, batch_size=16, hidden_size=16,
+                      scheduler="onecycle", grad_accum=2, max_steps=7, num_threads=1, log_every=10_000)  # fmt: skip
+    summary = train(cfg)
+    assert summary["steps"] == 7 and summary["stop_reason"] == "max_steps" and summary["last_epoch"] == 1
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["train_state"]["global_step"] == 7
+    assert last["train_state"]["optimizer"]["state"][0]["step"].item() == 7
+
+
+def test_augmentation_changes_steps_but_not_pen_lifts_or_padding():
+    steps = np.array([[10, 0, 0], [0, 10, 1], [-10, 0, 0], [5, 5, 1], [3, 3, 1]], dtype=np.int16)
+    x, lengths = pad_features(steps, np.array([4, 1]))
+    y = augment_features(x, lengths, np.random.default_rng(0))
+    assert torch.equal(y[..., 2], x[..., 2])
+    assert torch.all(y[1, 1:] == 0)  # padding stays zero
+    assert not torch.allclose(y[..., :2], x[..., :2])
+    # a linear map in delta space: the length of a step changes by at most the scale range (+ jitter)
+    ratio = y[0, :4, :2].norm(dim=1) / x[0, :4, :2].norm(dim=1)
+    assert torch.all((ratio > 0.8) & (ratio < 1.2))
+    again = augment_features(x, lengths, np.random.default_rng(0))
+    assert torch.equal(again, y)  # seeded: resumable
+
+
+def test_shard_batches_gives_every_rank_the_same_count():
+    batches = [np.array([i]) for i in range(7)]
+    shards = [shard_batches(batches, r, 3) for r in range(3)]
+    assert [len(s) for s in shards] == [2, 2, 2]
+    assert sorted(int(b[0]) for s in shards for b in s) == [0, 1, 2, 3, 4, 5]
+    assert shard_batches(batches, 0, 1) == batches
+
+
+@pytest.mark.skipif(not (REAL / "simplified").is_dir(), reason="needs /work/shared real sample")
+def test_real_data_smoke_loss_falls(tmp_path):
+    classes = ["monkey", "cow", "snake", "spider", "octopus"]
+    prepare_cache(PrepareConfig(inputs=[str(REAL / "simplified" / f"{c}.ndjson") for c in classes],
+                                out=str(tmp_path / "cache"), progress=False))  # fmt: skip
+    summary = train(TrainConfig(data=str(tmp_path / "cache"), out=str(tmp_path / "run"), epochs=2, batch_size=32,
+                                hidden_size=32, num_threads=2, log_every=10_000, patience=5))  # fmt: skip
+    ep = _epochs(tmp_path / "run")
+    assert len(ep) == 2 and ep[1]["train_loss"] < ep[0]["train_loss"]
+    assert summary["best"] is not None
