@@ -279,10 +279,11 @@ class EvalData:
     columns: np.ndarray  # checkpoint logit column of each evaluated class
     encoding: str
     identity: dict  # where the data came from
-    skipped: dict  # reason -> count (drawings not evaluated)
+    skipped: dict  # reason -> count: drawings of this evaluation's data that were not evaluated
     skip_examples: list[str]
     classes_not_in_data: list[str]  # checkpoint classes without data (their logits are left out)
     classes_not_in_checkpoint: dict[str, int]  # data classes unknown to the checkpoint -> drawings dropped
+    skipped_at_prepare: dict = field(default_factory=dict)  # a cache's own drops, all splits (manifest)
 
 
 def _sha256(path: Path) -> str:
@@ -368,12 +369,11 @@ def _from_cache(path: Path, ckpt: dict, split: str) -> EvalData:
     keep = labels >= 0
     dropped = Counter(cache.classes[i] for i in cache.labels[rows][~keep].tolist())
     m = cache.manifest
-    skipped = {f"{k} (at prepare)": int(v) for k, v in m.get("dropped", {}).items() if v}
+    at_prepare = {str(k): int(v) for k, v in m.get("dropped", {}).items() if v}
     bad = m.get("skipped", {})
     for reason, k in bad.get("by_reason", {}).items():
-        skipped[f"{reason} (at prepare)"] = int(k)
-    if dropped:
-        skipped["class not in checkpoint"] = int(sum(dropped.values()))
+        at_prepare[f"bad record: {reason}"] = int(k)
+    skipped = {"class not in checkpoint": int(sum(dropped.values()))} if dropped else {}
     examples = [e for f in bad.get("files", {}).values() for e in f.get("examples", [])][:10]
     identity = {
         "kind": "cache",
@@ -393,7 +393,7 @@ def _from_cache(path: Path, ckpt: dict, split: str) -> EvalData:
         data=cache, indices=rows[keep], labels=labels[keep], classes=classes, columns=columns,
         encoding=cache.encoding, identity=identity, skipped=skipped, skip_examples=examples,
         classes_not_in_data=[c for c in ckpt["classes"] if c not in set(cache.classes)],
-        classes_not_in_checkpoint=dict(dropped),
+        classes_not_in_checkpoint=dict(dropped), skipped_at_prepare=at_prepare,
     )  # fmt: skip
 
 
@@ -616,6 +616,12 @@ def run_evaluation(checkpoint: str | Path, inputs: Sequence[str | Path], out: st
             "total": int(sum(ev.skipped.values())),
             "by_reason": ev.skipped,
             "examples": ev.skip_examples,
+            "at_prepare": {
+                "note": "dropped or skipped when the cache was prepared (whole cache, all splits)",
+                "by_reason": ev.skipped_at_prepare,
+            }
+            if ev.identity["kind"] == "cache"
+            else None,
         },
         "metrics": m,
         "top1_over_all_checkpoint_classes": pr.top1_all_classes,

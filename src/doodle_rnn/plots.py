@@ -99,8 +99,11 @@ def plot_per_class_accuracy(per_class: dict, path: Path, max_bars: int = MAX_BAR
         colors = ["#d62728" if a < mean else "#1f77b4" for a in acc]
         ax.barh(y, acc, color=colors, height=0.75)
         ax.set_yticks(y, [f"{name} (n={n})" for _, name, n in part], fontsize=8)
-        for yi, a in zip(y, acc, strict=True):
-            ax.text(min(a + 0.01, 0.9), yi, f"{a:.0%}", va="center", fontsize=7)
+        for yi, a in zip(y, acc, strict=True):  # the value beside the bar, or inside it when the bar is long
+            inside = a > 0.88
+            ax.text(a - 0.01 if inside else a + 0.01, yi, f"{a:.0%}", va="center", fontsize=7,
+                    ha="right" if inside else "left", color="white" if inside else "black",
+                    bbox=None if inside else {"facecolor": "white", "edgecolor": "none", "pad": 0.5})  # fmt: skip
         ax.axvline(mean, color="black", ls="--", lw=1, label=f"mean over classes {mean:.1%}")
         ax.set_xlim(0, 1.0)
         ax.set_ylim(-0.6, len(part) - 0.4)
@@ -128,8 +131,9 @@ def plot_reliability(bins: Sequence[dict], ece: float, path: Path) -> Path:
     ax.bar(lo[has], np.abs(conf - acc)[has], bottom=gap_lo, width=width, align="edge", color="none",
            edgecolor="#d62728", hatch="///", lw=0.8, label="gap to the bin's mean confidence")  # fmt: skip
     ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="perfect calibration")
-    for x, a, c in zip(lo[has], acc[has], count[has], strict=True):
-        ax.text(x + width / 2, min(a + 0.02, 1.0), str(c), ha="center", va="bottom", fontsize=7)
+    top = np.fmax(acc, conf)  # counts above the taller of the two bars, clear of the hatching
+    for x, t, c in zip(lo[has], top[has], count[has], strict=True):
+        ax.text(x + width / 2, min(t + 0.01, 1.01), str(c), ha="center", va="bottom", fontsize=7)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("accuracy")
@@ -144,6 +148,8 @@ def plot_reliability(bins: Sequence[dict], ece: float, path: Path) -> Path:
 
 def plot_confidence_histogram(conf: np.ndarray, correct: np.ndarray, path: Path, n_bins: int = 30) -> Path:
     """How sure the model is when it is right and when it is wrong."""
+    from matplotlib.ticker import MaxNLocator
+
     conf = np.asarray(conf, dtype=np.float64)
     correct = np.asarray(correct, dtype=bool)
     edges = np.linspace(0, 1, n_bins + 1)
@@ -152,8 +158,10 @@ def plot_confidence_histogram(conf: np.ndarray, correct: np.ndarray, path: Path,
     for mask, color, name in ((correct, "#2ca02c", "correct"), (~correct, "#d62728", "wrong")):
         n = int(mask.sum())
         mean = f", mean confidence {conf[mask].mean():.2f}" if n else ""
-        ax.hist(conf[mask], bins=edges, color=color, alpha=0.55, edgecolor=color, label=f"{name}: {n}{mean}")
+        ax.hist(conf[mask], bins=edges, color=color, alpha=0.3, label=f"{name}: {n}{mean}")
+        ax.hist(conf[mask], bins=edges, color=color, histtype="step", lw=1.8)
     ax.set_xlim(0, 1)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("drawings")
     ax.legend(loc="upper left", fontsize=9)

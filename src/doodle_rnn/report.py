@@ -63,7 +63,8 @@ def _table(
             f'<td class="name">{c}</td>' if i < name_cols else f"<td>{c}</td>" for i, c in enumerate(r)
         )
         body.append(f"<tr{cls}>{tds}</tr>")
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    head = f"<thead><tr>{th}</tr></thead>" if any(header) else ""
+    return f"<table>{head}<tbody>{''.join(body)}</tbody></table>"
 
 
 def render_html(summary: dict, images: dict[str, Path]) -> str:
@@ -130,13 +131,20 @@ def render_html(summary: dict, images: dict[str, Path]) -> str:
             name_cols=2,
         ))  # fmt: skip
     sk = summary["skipped"]
-    parts.append("<h2>Skipped drawings</h2>")
+    parts.append("<h2>Drawings not evaluated</h2>")
     if sk["total"]:
         parts.append(_table(["reason", "drawings"], [[_e(r), f"{k:,}"] for r, k in sk["by_reason"].items()]))
         if sk["examples"]:
             parts.append("<p class='note'>" + "<br>".join(_e(x) for x in sk["examples"]) + "</p>")
     else:
         parts.append("<p>None.</p>")
+    if sk.get("at_prepare") and sk["at_prepare"]["by_reason"]:
+        parts.append(f"<p>{_e(sk['at_prepare']['note'].capitalize())}:</p>")
+        parts.append(
+            _table(
+                ["reason", "drawings"], [[_e(r), f"{k:,}"] for r, k in sk["at_prepare"]["by_reason"].items()]
+            )
+        )
     parts.append("<h2>What was evaluated</h2>")
     ident = [
         ["checkpoint", _e(ck["path"])],
