@@ -69,6 +69,9 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as fh:
             torch.save(ckpt, fh)
             fh.flush()
@@ -89,9 +92,11 @@ def load_checkpoint(path: str | Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        hint = " (a reference-project checkpoint? convert it with `doodle import-reference`)" if (
-            isinstance(ckpt, dict) and "class_to_idx" in ckpt
-        ) else ""
+        hint = (
+            " (a reference-project checkpoint? convert it with `doodle import-reference`)"
+            if (isinstance(ckpt, dict) and "class_to_idx" in ckpt)
+            else ""
+        )
         raise CheckpointError(f"{path}: not a doodle-rnn checkpoint{hint}")
     return ckpt
 
@@ -101,3 +106,53 @@ def build_model(ckpt: dict) -> GRUClassifier:
     model.load_state_dict(ckpt["model_state"])
     model.eval()
     return model
+
+
+REFERENCE_CONFIG_KEYS = ("hidden_size", "num_layers", "bidirectional", "dropout", "max_len", "min_seq_len")
+
+
+def from_reference(ref: dict, source: str = "reference checkpoint") -> dict:
+    """Convert the reference trainer's checkpoint dict into ours.
+
+    The reference saves `{"model_state", "class_to_idx", "config", "metrics"}`; its encoder is our
+    `reference` encoding and its `max_len` / `min_seq_len` become our length rules. The weights are
+    checked by loading them into a freshly built model, so a mismatch fails here, not at predict time.
+    """
+    if not isinstance(ref, dict):
+        raise CheckpointError(f"{source}: expected a dict, got {type(ref).__name__}")
+    missing = [k for k in ("model_state", "class_to_idx", "config") if k not in ref]
+    if missing:
+        raise CheckpointError(f"{source}: not a reference checkpoint (missing {', '.join(missing)})")
+    cfg, c2i = ref["config"], ref["class_to_idx"]
+    missing = [k for k in REFERENCE_CONFIG_KEYS if k not in cfg]
+    if missing:
+        raise CheckpointError(f"{source}: config lacks {', '.join(missing)}")
+    if sorted(c2i.values()) != list(range(len(c2i))):
+        raise CheckpointError(f"{source}: class_to_idx indices are not 0..{len(c2i) - 1}")
+    classes = [name for name, _ in sorted(c2i.items(), key=lambda kv: kv[1])]
+    state = ref["model_state"]
+    mcfg = ModelConfig(
+        num_classes=len(classes),
+        input_size=int(state["gru.weight_ih_l0"].shape[1]) if "gru.weight_ih_l0" in state else 3,
+        hidden_size=int(cfg["hidden_size"]),
+        num_layers=int(cfg["num_layers"]),
+        bidirectional=bool(cfg["bidirectional"]),
+        dropout=float(cfg["dropout"]),
+        rnn="gru",
+    )
+    model = GRUClassifier(mcfg)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: weights do not fit the model its config describes ({exc})") from exc
+    metrics = {
+        k: v for k, v in dict(ref.get("metrics") or {}).items() if isinstance(v, (int, float, str, bool))
+    }
+    metrics["imported_from"] = "reference"
+    return make_checkpoint(
+        model,
+        classes,
+        encoding="reference",
+        length_rules={"min_len": int(cfg["min_seq_len"]), "max_len": int(cfg["max_len"])},
+        metrics=metrics,
+    )
