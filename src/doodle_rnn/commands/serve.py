@@ -1,0 +1,73 @@
+"""`doodle serve`: the prediction API and the drawing page over HTTP (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "serve the prediction API and the drawing page (FastAPI + uvicorn)"
+DESCRIPTION = (
+    "Serve a model over HTTP: POST /api/predict and /api/predict/batch, GET /api/classes, /api/model, "
+    "/healthz, OpenAPI docs at /docs, and the drawing page at /. The model is a .pt checkpoint or a .onnx "
+    "file from `doodle export`; either runs on ONNX Runtime unless --backend torch."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint", required=True, help="model: a .pt checkpoint or a .onnx file from `doodle export`"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0 picks a free one)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="server processes, each with its own copy of the model"
+    )
+    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
+                   help="inference engine (auto: ONNX Runtime when installed)")  # fmt: skip
+    p.add_argument(
+        "--max-body-bytes", type=int, default=2_000_000, help="largest request body accepted (413 above)"
+    )
+    p.add_argument("--max-strokes", type=int, default=500, help="most strokes in one drawing")
+    p.add_argument(
+        "--max-points", type=int, default=50_000, help="most points in one drawing, all strokes together"
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=256, help="most drawings in one /api/predict/batch request"
+    )
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn log level")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    import uvicorn
+
+    from doodle_rnn.cli import UserError
+
+    if not Path(args.checkpoint).is_file():
+        raise UserError(f"{args.checkpoint}: model file not found")
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, not {args.workers}")
+    limits = {"max_body_bytes": args.max_body_bytes, "max_strokes": args.max_strokes,
+              "max_points": args.max_points, "max_batch": args.max_batch}  # fmt: skip
+    if min(limits.values()) < 1:
+        raise UserError("the --max-* limits must be positive")
+    common = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": False}
+    if args.workers == 1:
+        from doodle_rnn.server.app import Limits, create_app
+
+        try:
+            app = create_app(args.checkpoint, Limits(**limits), args.backend)
+        except ValueError as exc:  # CheckpointError, InferenceError
+            raise UserError(str(exc)) from exc
+        uvicorn.run(app, **common)
+        return 0
+    # Several processes: each worker builds the app from the environment (uvicorn imports by name).
+    os.environ.update(DOODLE_CHECKPOINT=str(Path(args.checkpoint).resolve()), DOODLE_BACKEND=args.backend,
+                      DOODLE_LIMITS=json.dumps(limits))  # fmt: skip
+    uvicorn.run("doodle_rnn.server.app:app_from_env", factory=True, workers=args.workers, **common)
+    return 0

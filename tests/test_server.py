@@ -1,0 +1,269 @@
+"""The HTTP API on a real uvicorn server (loopback, free port): answers, errors, limits, fuzzing, `doodle serve`."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_inference import build_tiny_checkpoint, raw_drawings
+
+from doodle_rnn.data.synthetic import SHAPES, generate
+from doodle_rnn.inference import Classifier
+from doodle_rnn.server.app import Limits, create_app
+
+LIMITS = Limits(max_body_bytes=100_000, max_strokes=40, max_points=3_000, max_batch=16)
+
+
+@contextmanager
+def running_server(app) -> Iterator[str]:
+    """Serve `app` with uvicorn on 127.0.0.1 and a free port in a thread; yield its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("server") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def base_url(ckpt) -> Iterator[str]:
+    with running_server(create_app(ckpt, LIMITS)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def http(base_url) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def clf(ckpt) -> Classifier:
+    return Classifier.load(ckpt)
+
+
+def test_info_endpoints_and_docs(http):
+    assert http.get("/healthz").json() == {"status": "ok"}
+    assert http.get("/api/classes").json() == {"classes": list(SHAPES)}
+    model = http.get("/api/model").json()
+    assert model["classes"] == list(SHAPES) and model["encoding"] == "stroke3"
+    assert model["metrics"] == {"val_acc": 0.5} and model["version"] and model["backend"] == "onnx"
+    assert model["limits"]["max_strokes"] == LIMITS.max_strokes
+    assert http.get("/docs").status_code == 200
+    spec = http.get("/openapi.json").json()
+    body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "strokes" in body["properties"]
+    page = http.get("/")
+    assert page.status_code == 200 and 'id="canvas"' in page.text
+    assert http.get("/static/app.js").status_code == 200
+
+
+def test_predict_raw_drawing_matches_the_library(http, clf):
+    for rec in raw_drawings(2, ("cat", "bicycle")):
+        strokes = rec["drawing"]
+        r = http.post("/api/predict", json={"strokes": strokes, "top_k": 5})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        want = clf.analyze(strokes, 5)
+        assert [(g["class"], g["probability"]) for g in body["top"]] == [
+            (c, pytest.approx(p, abs=1e-6)) for c, p in want.top
+        ]
+        assert body["steps"] == want.steps and body["short"] is False
+        assert body["model_view"] == clf.model_view(strokes)
+    xy_only = [[s[0], s[1]] for s in strokes]  # strokes without times are accepted too
+    r = http.post("/api/predict", json={"strokes": xy_only})
+    assert r.status_code == 200 and len(r.json()["top"]) == 3
+
+
+def test_short_drawing_is_answered_and_flagged(http):
+    body = http.post("/api/predict", json={"strokes": [[[10, 90], [10, 40], [0, 30]]]}).json()
+    assert body["short"] is True and body["steps"] >= 1 and len(body["top"]) == 3
+
+
+def test_batch_matches_predict_many(http, clf):
+    drawings = [d.strokes for d in generate(10, seed=31)] + [r["drawing"] for r in raw_drawings(2)]
+    r = http.post("/api/predict/batch", json={"drawings": drawings, "top_k": 2})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    for got, want in zip(results, clf.predict_many(drawings, 2), strict=True):
+        assert [g["class"] for g in got["top"]] == [c for c, _ in want]
+        assert "model_view" not in got
+
+
+def test_concurrent_requests_each_get_their_own_answer(base_url, clf):
+    drawings = [d.strokes for d in generate(48, seed=41)]
+    want = clf.predict_many(drawings, 3)
+
+    def one(i: int):
+        with httpx.Client(base_url=base_url, timeout=30) as c:
+            return c.post("/api/predict", json={"strokes": drawings[i]}).json()
+
+    with ThreadPoolExecutor(12) as ex:
+        got = list(ex.map(one, range(len(drawings))))
+    for g, w in zip(got, want, strict=True):
+        assert [x["class"] for x in g["top"]] == [c for c, _ in w]
+        assert [x["probability"] for x in g["top"]] == pytest.approx([p for _, p in w], abs=1e-5)
+
+
+BAD = [
+    # (raw body, status, field, words in the rule)
+    (b"{not json", 400, "body", "must be JSON"),
+    (b'{"strokes": [[[1, NaN], [1, 2]]]}', 400, "body", "NaN"),
+    (b'{"strokes": [[[1, 1e999], [1, 2]]]}', 400, "body", "infinite"),
+    (b"[1, 2]", 422, "body", "JSON object"),
+    (b"{}", 422, "strokes", "list of strokes"),
+    (b'{"strokes": []}', 422, "strokes", "empty drawing"),
+    (b'{"strokes": "abc"}', 422, "strokes", "got a string"),
+    (b'{"strokes": [[[1, 2]]]}', 422, "strokes[0]", "[xs, ys]"),
+    (b'{"strokes": [[[1, 2], [3]]]}', 422, "strokes[0][1]", "ys has 1 values but xs has 2"),
+    (b'{"strokes": [[[1, 2], [3, 4], [5]]]}', 422, "strokes[0][2]", "ts has 1"),
+    (b'{"strokes": [[[], []]]}', 422, "strokes[0][0]", "empty stroke"),
+    (b'{"strokes": [[[1, "2"], [3, 4]]]}', 422, "strokes[0][0][1]", "number, got a string"),
+    (b'{"strokes": [[[1, true], [3, 4]]]}', 422, "strokes[0][0][1]", "got a boolean"),
+    (b'{"strokes": [[[1, 2], {"y": 1}]]}', 422, "strokes[0][1]", "list of numbers"),
+    (b'{"strokes": [[[1, 1e12], [3, 4]]]}', 422, "strokes[0][0][1]", "within"),
+    (b'{"strokes": [[[1, 2], [3, 4]]], "top_k": 0}', 422, "top_k", "between 1 and"),
+    (b'{"strokes": [[[1, 2], [3, 4]]], "top_k": "3"}', 422, "top_k", "integer"),
+    (orjson.dumps({"strokes": [[[1, 2], [3, 4]]] * 41}), 422, "strokes", "at most 40"),
+    (
+        orjson.dumps({"strokes": [[list(range(1000)), list(range(1000))]] * 4}),
+        422,
+        "strokes",
+        "more than 3000 points",
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "status", "field", "rule"), BAD, ids=[f"{b[2]}-{b[3]}" for b in BAD])
+def test_bad_input_gets_a_clear_4xx(http, raw, status, field, rule):
+    r = http.post("/api/predict", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["field"] == field and rule in err["rule"], err
+    assert http.get("/healthz").status_code == 200
+
+
+def test_batch_input_errors_name_the_drawing(http):
+    r = http.post("/api/predict/batch", json={"drawings": [[[[1, 2], [3, 4]]], [[[1, 2], [3]]]]})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "drawings[1][0][1]"
+    r = http.post("/api/predict/batch", json={"drawings": [[[[1, 2], [3, 4]]]] * 17})
+    assert r.status_code == 422 and "at most 16" in r.json()["error"]["rule"]
+    r = http.post("/api/predict/batch", json={"drawings": []})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "drawings"
+
+
+def test_body_cap_is_enforced_while_reading(http):
+    big = b'{"strokes": [[[' + b"1," * 60_000 + b"1], [1]]]}"
+    r = http.post("/api/predict", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["field"] == "body"
+
+    def chunks():  # no Content-Length at all (chunked transfer): the cap must hold while streaming
+        yield b'{"strokes": [[['
+        for _ in range(200):
+            yield b"1," * 500
+        yield b"1], [1]]]}"
+
+    r = http.post("/api/predict", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert http.get("/healthz").json() == {"status": "ok"}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=6), kids, max_size=4),
+    max_leaves=30,
+)  # fmt: skip
+numbers = (
+    st.integers(-(10**9), 10**9)
+    | st.floats(-1e9, 1e9, allow_nan=False)
+    | st.sampled_from([0, 255, -0.0, 1e-300])
+)
+coords = st.lists(numbers, min_size=0, max_size=12)
+strokes_like = st.lists(st.lists(coords, min_size=1, max_size=4), min_size=0, max_size=6)
+
+
+def dumps(v) -> bytes:
+    return json.dumps(v).encode()  # the stdlib writes integers of any size (orjson stops at 64 bits)
+
+
+bodies = st.one_of(
+    json_values.map(dumps),
+    st.fixed_dictionaries(
+        {"strokes": strokes_like}, optional={"top_k": json_values | st.integers(-3, 60)}
+    ).map(dumps),
+    st.fixed_dictionaries({"strokes": json_values}).map(dumps),
+    st.binary(max_size=64),
+    strokes_like.map(lambda s: orjson.dumps({"strokes": s}).replace(b"0", b"NaN", 1)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=bodies, batch=st.booleans())
+def test_fuzz_never_5xx(http, body, batch):
+    path = "/api/predict"
+    if batch:
+        path, body = "/api/predict/batch", b'{"drawings": [' + body + b"]}"
+    r = http.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code < 500, (body, r.text)
+    assert r.status_code in (200, 400, 413, 422), r.text
+    if r.status_code != 200:
+        assert set(r.json()["error"]) == {"field", "rule", "message"}
+
+
+def test_still_healthy_after_fuzzing(http):
+    assert http.get("/healthz").json() == {"status": "ok"}
+    assert http.post("/api/predict", json={"strokes": next(iter(generate(1))).strokes}).status_code == 200
+
+
+def test_doodle_serve_cli(ckpt, tmp_path):
+    """`doodle serve --port 0` in a real subprocess: it starts, answers, and stops on SIGTERM."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "doodle_rnn", "serve", "--checkpoint", str(ckpt), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        url, seen = None, []
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline().decode()
+            seen.append(line)
+            m = re.search(r"running on (http://127\.0\.0\.1:\d+)", line, re.I)
+            url = m.group(1) if m else None
+            assert line or proc.poll() is None, "".join(seen)
+        assert url, "".join(seen)
+        r = httpx.post(f"{url}/api/predict", json={"strokes": next(iter(generate(1))).strokes}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["top"]) == 3
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    r = subprocess.run([sys.executable, "-m", "doodle_rnn", "serve", "--checkpoint", str(tmp_path / "x.pt")],
+                       capture_output=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and b"x.pt" in r.stderr
