@@ -185,3 +185,18 @@ def test_real_data_smoke_loss_falls(tmp_path):
     ep = _epochs(tmp_path / "run")
     assert len(ep) == 2 and ep[1]["train_loss"] < ep[0]["train_loss"]
     assert summary["best"] is not None
+
+
+def test_lr_find_writes_plots_and_suggests_a_rate(small_cache, tmp_path):
+    out = tmp_path / "lrf"
+    r = _cli("lr-find", "--data", str(small_cache), "--out", str(out), "--hidden-size", "16", "--batch-size", "16",
+             "--num-iter", "60", "--start-lr", "1e-5", "--end-lr", "10", "--num-threads", "1")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "lr_find.json").read_text())
+    assert f"suggested lr: {res['suggested_lr']:.2e}" in r.stdout
+    lrs = res["lr"]
+    assert lrs[0] == pytest.approx(1e-5) and all(b > a for a, b in zip(lrs, lrs[1:], strict=False))
+    assert 1e-5 <= res["suggested_lr"] <= res["min_loss_lr"] / 10 + 1e-12
+    assert len(res["grad_norm"]) == len(lrs) == res["iterations"] <= 60
+    for name in ("lr_find.png", "grad_norm.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,54 @@
+"""`doodle lr-find`: a learning-rate range test with plots and a suggested rate."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "learning-rate range test: plots loss and gradient norm against the rate and suggests one"
+DESCRIPTION = (
+    "Train a fresh model for a few hundred batches while the learning rate grows exponentially, stop "
+    "when the smoothed loss diverges, and write DIR/lr_find.png, DIR/grad_norm.png and DIR/lr_find.json "
+    "with a suggested rate (steepest descent of the smoothed loss)."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="CACHE", help="cache folder from `doodle prepare`")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the plots and lr_find.json")
+    p.add_argument("--start-lr", type=float, default=1e-6, help="first learning rate")
+    p.add_argument("--end-lr", type=float, default=1.0, help="last learning rate")
+    p.add_argument("--num-iter", type=int, default=200, help="batches over which the rate grows")
+    p.add_argument("--batch-size", type=int, default=192, help="drawings per batch")
+    p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
+    p.add_argument("--label-smoothing", type=float, default=0.05, help="label smoothing of the loss")
+    p.add_argument("--dropout", type=float, default=0.2, help="model dropout")
+    p.add_argument("--hidden-size", type=int, default=192, help="GRU hidden units per direction")
+    p.add_argument("--num-layers", type=int, default=2, help="stacked GRU layers")
+    p.add_argument("--rnn", choices=("gru", "lstm"), default="gru", help="recurrent cell")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="augment batches")
+    p.add_argument(
+        "--diverge", type=float, default=4.0, help="stop when smoothed loss exceeds this x the best"
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to run")
+    p.add_argument("--seed", type=int, default=42, help="seed of initialisation and batch order")
+    p.add_argument("--num-threads", type=int, default=None, help="CPU threads for torch")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from doodle_rnn.cli import UserError
+    from doodle_rnn.lr_find import LRFindConfig, lr_find
+    from doodle_rnn.train import TrainError
+
+    names = {f.name for f in fields(LRFindConfig)}
+    cfg = LRFindConfig(**{k: v for k, v in vars(args).items() if k in names})
+    try:
+        res = lr_find(cfg)
+    except TrainError as exc:
+        raise UserError(str(exc)) from exc
+    print(
+        f"suggested lr: {res['suggested_lr']:.2e} (smoothed loss lowest at {res['min_loss_lr']:.2e}; "
+        f"{res['iterations']} batches, stop: {res['stop']}); plots in {args.out}/lr_find.png and grad_norm.png"
+    )
+    return 0
