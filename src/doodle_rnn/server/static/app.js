@@ -320,10 +320,10 @@
     $("game").hidden = true;
   }
 
-  function nextRound() {
+  function nextRound(forced) {
     clearInterval(game.timer);
-    let target = game.target;
-    while (game.classes.length > 1 && target === game.target) {
+    let target = forced || game.target;
+    while (!forced && game.classes.length > 1 && target === game.target) {
       target = game.classes[Math.floor(Math.random() * game.classes.length)];
     }
     game.target = target;
@@ -395,6 +395,10 @@
     },
     undo,
     clear: clearDrawing,
+    /** Game mode: start a round with this target (tests and demos; the game itself picks at random). */
+    playRound(target) {
+      if (game.active) nextRound(target);
+    },
     /** Resolves once no request is in flight or waiting and the guesses shown are for the current drawing. */
     idle() {
       return new Promise((resolve) => {
