@@ -6,33 +6,55 @@ different kind of drawing at prediction time than at training time.
 
 Google's published procedure (quickdraw-dataset README): align the drawing to the top-left (minimum 0),
 scale uniformly so the largest coordinate is 255, resample every stroke at 1 px spacing, simplify
-each stroke with Ramer-Douglas-Peucker (epsilon 2.0), integer coordinates. The details below were
-measured against the 7,692 raw/simplified pairs in the shared sample (`benchmarks/bench_normalize.py`
-prints the current figures); the rates quoted are exact-drawing matches on the first 2,000 pairs
-(1,000 where marked) with everything else held at the final choice:
+each stroke with Ramer-Douglas-Peucker (epsilon 2.0), integer coordinates. Measured against the 7,692
+raw/simplified pairs of the shared sample (`benchmarks/bench_normalize.py` prints the figures), this
+module reproduces 7,690 drawings exactly (99.97%); the other two differ by one RDP tie each (below).
 
-- Scale as `(v - min) / extent * 255` in float64, extent = the larger of the two axis extents.
-  `(v - min) * (255 / extent)` loses exact halves (242 * (255/484) = 127.49999...): 93.4% vs 94.0%
-  (1,500 pairs); all 364 exact-half end points then round the way Google's do. float32 anywhere in
-  the pipeline is worse (91.3-92.8%, 1,000 pairs).
-- Round half to even (Python's and numpy's rounding), only at the very end: 94.0% vs 90.3% for half-up,
-  0% for floor or truncation, 0% when rounding before resampling or before RDP.
-- Resample by arc length at s = 0, 1, 2, ... < L, then always append the stroke's last point:
-  93.75%; without the last point 9.5%; `n` evenly spaced points (linspace, spacing just over 1 px)
-  1.4-3.8%; per raw segment restarting at each vertex 0%. A zero-length stroke (a dot, even a single
-  raw point) becomes two identical points, as in Google's files (94.2% vs 86.3% when it became one point).
-  Interpolation arithmetic hardly matters (np.interp 93.75%, carry-over walk 93.85-93.9%, `a + t(b-a)`
-  93.7%, `(1-t)a + tb` 93.3%, $1-recognizer style walk 93.0%).
-- RDP with the distance to the infinite line through the chord, not to the segment: 93.75% vs 26%.
-  Farthest point with ties to the first (strict `>`), split while the distance is `> 2.0`:
-  ties to the last give 88.7%, `>= 2.0` is the same. Other distance formulas (`|dy x - dx y + c|`,
-  projection, Heron, angle) give 89.3-93.7%.
+The exact arithmetic matters, because RDP often meets ties: a straight raw segment parallel to the chord
+(integer screen coordinates make these common) gives a run of resampled points that are equally far from
+the chord in exact arithmetic, and the one kept is decided by the last bit of floating-point noise. The
+choices that reproduce Google's noise, all float64:
 
-What is left (about 6% of drawings): nearly every miss (89 of 90 looked at) is an RDP step where several
-resampled points are equally far from the chord in exact arithmetic (a raw segment parallel to the
-chord, typical of integer screen coordinates), so the point chosen depends on the last bits of
-floating-point noise in Google's unpublished code. Those drawings still have the same strokes and
-usually the same point count, differing by a point chosen elsewhere on the same straight run.
+- Scale as `(v - min) * 255 / extent` (multiply, then divide), extent = the larger axis extent.
+- Segment lengths `sqrt(dx*dx + dy*dy)` (not `np.hypot`, which differs in the last bit), arc length by a
+  sequential running sum per stroke.
+- Samples at s = 0, 1, 2, ... < L, plus the stroke's last point always; on the segment j with the largest
+  `cum[j] <= s`, `t = (s - cum[j]) / seg[j]` and the point is `a * (1 - t) + b * t`. This blend is
+  what breaks ties: on an axis-parallel run it puts some samples one ulp off the run's line.
+  A zero-length stroke (a dot, even a single raw point) becomes two identical points.
+- RDP with the distance to the infinite line through the chord, `|dx*qy - dy*qx| / sqrt(dx*dx + dy*dy)`
+  (q relative to the chord's first point), first farthest point (strict `>`), split while it is `> 2.0`.
+- Round half to even, only at the very end.
+
+How it was found: with the earlier pipeline ((v - min) / extent * 255, np.interp-style
+`slope * (s - cum[j]) + a`) the same steps gave 94.36% exact. An oracle that let each RDP step pick any
+of its (near-)tied points showed 409 of the 434 misses were tie-breaks alone. 228 of those ties were on
+an axis-parallel chord with an exactly constant run, where the choice depends only on the noise of
+the resampled coordinate, not on the distance formula; of 120 scale x interpolation x float32/64
+x t-denominator combinations tried on those 228 ties, exactly one matched all of them (the one above;
+the next best, `(v - min) * (255 / extent)` with the same blend, 107). Over all pairs it gives 99.97%.
+Other variants (drawings exact; "quarter" = every 4th pair, 1,923 drawings, where the chosen
+pipeline gets 1,922; "misses" = the 434 misses of the old pipeline, where it gets 432):
+
+- With the new resampling: `np.hypot` segment lengths 99.0% (first 2,000 pairs, vs 99.95%). RDP
+  distance with a `hypot` norm or times `1 / norm` 99.9% (quarter), a unit-vector cross product 98.7%
+  (quarter), the expanded `|dx*y - dy*x - (dx*ay - dy*ax)|` 97.1% (quarter), `|dy*x - dx*y + bx*ay -
+  by*ax| / hypot` 172 of the misses, foot-of-perpendicular squared distance 98.1% (quarter),
+  cross product squared over norm squared against 4.0 427 of the misses, simplify-js / softSurfer
+  distance to the segment 27% (quarter).
+- On the 482 tie events of the misses (old point values chose wrong or right): resampling in raw units
+  (step extent / 255, scaled afterwards by div or mul), accumulating walks (`p += unit`, or
+  `a + unit * pos`), `a + (b - a) * t`, `a + (b - a) * r / L`, `(a * (L - r) + b * r) / L`, with
+  div or mul scaling and four distance formulas: at most 201 of 482 (mul scale with the `(1 - t)`
+  blend). On the 228 axis-parallel ties also float32 throughout (at most 50) and the $1-recognizer walk.
+- The colleague's earlier measurements with the old arithmetic (first 1,000-2,000 pairs): float32
+  anywhere 91-93%; half-up rounding 90.3%, floor/truncation and rounding before resampling or before
+  RDP 0%; no appended last point 9.5%; `n` evenly spaced points 1.4-3.8%; resampling per raw segment
+  restarting at each vertex 0%; a dot as one point 86.3%; distance to the segment instead of the line
+  26%; ties to the last farthest point 88.7%; `>= 2.0` instead of `> 2.0` the same.
+
+What is left: 2 drawings, each an exact tie on a slanted chord (where the distance formula's noise also
+counts) that no distance formula tried resolves without losing others.
 
 Speed: everything is vectorised over a batch of drawings. Resampling locates each sample's segment
 with one integer `searchsorted`; RDP runs breadth-first, one numpy pass per recursion level over all
@@ -175,8 +197,8 @@ def _simplify_batch(drawings: list[list]) -> list[SimplifiedStrokes]:
     extent = np.maximum(np.maximum.reduceat(x, first) - min_x, np.maximum.reduceat(y, first) - min_y)
     extent[extent == 0] = 1.0  # a single point or a dot: everything maps to the origin
     point_drawing = np.repeat(np.arange(len(drawings)), points_per_drawing)
-    x = (x - min_x[point_drawing]) / extent[point_drawing] * SCALE
-    y = (y - min_y[point_drawing]) / extent[point_drawing] * SCALE
+    x = (x - min_x[point_drawing]) * SCALE / extent[point_drawing]
+    y = (y - min_y[point_drawing]) * SCALE / extent[point_drawing]
 
     # 3-4: resample at 1 px, then RDP; round half to even at the very end.
     rx, ry, sample_len = _resample(x, y, stroke_len)
@@ -225,15 +247,16 @@ def _resample(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Resample every stroke at arc lengths 0, 1, 2, ... < L, plus its last point.
 
-    Samples are computed exactly as `np.interp(s, cum, v)` would (the chosen variant of the parity
-    search): the segment with the largest `cum[j] <= s`, `v[j]` on a vertex, else
-    `slope * (s - cum[j]) + v[j]`. A stroke of length 0 gives two copies of its point.
+    On the segment j with the largest `cum[j] <= s`: `v[j]` on a vertex, else `a * (1 - t) + b * t`
+    with `t = (s - cum[j]) / seg[j]` (Google's arithmetic, see the module doc). A stroke of length 0
+    gives two copies of its point.
     """
     n = len(x)
     start = np.cumsum(stroke_len) - stroke_len
     last = start + stroke_len - 1
     seg = np.zeros(n)
-    seg[1:] = np.hypot(np.diff(x), np.diff(y))
+    dx, dy = np.diff(x), np.diff(y)
+    seg[1:] = np.sqrt(dx * dx + dy * dy)  # not np.hypot: it differs in the last bit
     seg[start] = 0.0  # no segment joins two strokes
     cum = _segmented_cumsum(seg, stroke_len)
     length = cum[last]
@@ -258,10 +281,10 @@ def _resample(
     ry = y[j].copy()
     m = ~on_vertex
     jm = j[m]
-    dcum = cum[jm + 1] - cum[jm]
-    ds = s[m] - cum[jm]
-    rx[m] = (x[jm + 1] - x[jm]) / dcum * ds + x[jm]
-    ry[m] = (y[jm + 1] - y[jm]) / dcum * ds + y[jm]
+    t = (s[m] - cum[jm]) / seg[jm + 1]
+    u = 1.0 - t
+    rx[m] = x[jm] * u + x[jm + 1] * t
+    ry[m] = y[jm] * u + y[jm + 1] * t
     return rx, ry, n_samples
 
 
