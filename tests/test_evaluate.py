@@ -289,3 +289,27 @@ def test_eval_on_real_raw_files_counts_every_drawing(tmp_path):
     assert s["classes"]["evaluated"] == ["cat", "dog"] and s["classes"][
         "checkpoint_classes_without_data"
     ] == ["apple"]
+
+
+def test_many_classes_plots_show_the_most_confused_part(tmp_path):
+    """With 345 classes the matrix shows 30, chosen so the largest confusions are among its cells."""
+    from doodle_rnn import plots
+
+    rng = np.random.default_rng(0)
+    n = 345
+    cm = np.diag(rng.integers(5, 10, n))
+    cm[7, 300] = 9  # the largest confusion, far apart in class order
+    cm[120, 121] = 4
+    cm += rng.random((n, n)) < 0.002  # scattered single mistakes
+    names = [f"class {i}" for i in range(n)]
+    sel = plots.confusion_subset(cm, 30)
+    assert len(sel) == 30 == len(set(sel.tolist()))
+    assert sel[:2].tolist() == [7, 300] and {120, 121} <= set(sel.tolist())
+    labels = np.repeat(np.arange(n), cm.sum(1))
+    preds = np.concatenate([np.repeat(np.arange(n), row) for row in cm])
+    m = compute_metrics(probs_for(preds.tolist(), n, 0.5), labels, names)
+    assert m["confusion_matrix"] == cm.tolist()
+    img = Image.open(plots.plot_confusion_matrix(m["confusion_matrix"], names, tmp_path / "cm.png"))
+    assert 1000 < img.size[0] < 2500
+    img = Image.open(plots.plot_per_class_accuracy(m["per_class"], tmp_path / "pc.png"))
+    assert img.size[1] < 1500  # 60 bars and a histogram, not 345 bars

@@ -30,16 +30,34 @@ def _save(fig, path: Path) -> Path:
 
 
 def confusion_subset(cm: np.ndarray, max_classes: int = MAX_MATRIX_CLASSES) -> np.ndarray:
-    """Indices of the classes to show: all when few, else the `max_classes` most involved in confusions
-    (their wrong predictions plus the wrong predictions that land on them), in class order."""
+    """Indices of the classes to show: all when few; else the classes of the most confused pairs.
+
+    Pairs are taken by count (ties: by the share of the true class), and both classes of each pair are
+    added until `max_classes` are chosen, in the order found: the big confusions are then cells of the
+    sub-matrix (not lost to classes outside it) and sit near its diagonal.
+    """
     cm = np.asarray(cm)
     n = len(cm)
     if n <= max_classes:
         return np.arange(n)
     off = cm.astype(np.float64).copy()
     np.fill_diagonal(off, 0)
-    score = off.sum(axis=1) + off.sum(axis=0)
-    return np.sort(np.argsort(-score, kind="stable")[:max_classes])
+    rate = off / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    t, p = np.nonzero(off)
+    order = np.lexsort((p, t, -rate[t, p], -off[t, p]))
+    chosen: list[int] = []
+    for i in order:
+        for c in (int(t[i]), int(p[i])):
+            if c not in chosen and len(chosen) < max_classes:
+                chosen.append(c)
+        if len(chosen) >= max_classes:
+            break
+    if len(chosen) < max_classes:  # few confusions: fill with the least accurate classes
+        acc = np.diag(cm) / np.maximum(cm.sum(axis=1), 1)
+        chosen += [int(c) for c in np.argsort(acc, kind="stable") if c not in chosen][
+            : max_classes - len(chosen)
+        ]
+    return np.array(chosen, dtype=np.int64)
 
 
 def plot_confusion_matrix(cm: Sequence, classes: Sequence[str], path: Path,
@@ -63,17 +81,17 @@ def plot_confusion_matrix(cm: Sequence, classes: Sequence[str], path: Path,
     ax.set_yticks(range(n), names, fontsize=9 if n <= 15 else 7)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    if n <= 20:  # values in the cells while they still fit
+    if n <= 30:  # values in the cells while they still fit
         for i in range(n):
             for j in range(n):
                 v = sub[i, j]
                 if v >= 0.005:
-                    ax.text(j, i, f"{v * 100:.0f}", ha="center", va="center", fontsize=8,
+                    ax.text(j, i, f"{v * 100:.0f}", ha="center", va="center", fontsize=8 if n <= 20 else 6.5,
                             color="white" if v > 0.55 else "black")  # fmt: skip
     title = "Confusion matrix (row-normalised, % of each true class)"
     if n < len(classes):
-        title = (f"Confusion matrix: the {n} most-confused of {len(classes)} classes\n"
-                 "(row-normalised over all predictions, % of each true class)")  # fmt: skip
+        title = (f"Confusion matrix: {n} of {len(classes)} classes, those of the most confused pairs\n"
+                 "(row-normalised over all predictions, % of each true class; rows need not sum to 100)")  # fmt: skip
     ax.set_title(title, fontsize=11)
     fig.colorbar(im, ax=ax, shrink=0.8, format=PercentFormatter(1.0))
     return _save(fig, path)
@@ -81,19 +99,39 @@ def plot_confusion_matrix(cm: Sequence, classes: Sequence[str], path: Path,
 
 def plot_per_class_accuracy(per_class: dict, path: Path, max_bars: int = MAX_BARS) -> Path:
     """Per-class accuracy, sorted, as horizontal bars (the worst and best classes when there are many)."""
-    items = sorted(
-        ((v["accuracy"], name, v["support"]) for name, v in per_class.items() if v["accuracy"] is not None)
+    # ties: more drawings first among the lowest (a 0% class with 10 drawings says more than one with 1)
+    ranked = sorted(
+        (v["accuracy"], -v["support"], name) for name, v in per_class.items() if v["accuracy"] is not None
     )
+    items = [(a, name, -neg) for a, neg, name in ranked]
     mean = float(np.mean([a for a, _, _ in items])) if items else 0.0
     if len(items) <= max_bars:
         panels = [("", items)]
     else:
         half = max_bars // 2
-        panels = [(f"{half} lowest", items[:half]), (f"{half} highest", items[-half:])]
+        low, high = items[:half], sorted(items[-half:], key=lambda it: (it[0], it[2], it[1]))
+        tied = sum(1 for a, _, _ in items if a == low[-1][0])
+        note = (
+            f"\n({tied} classes at {low[-1][0]:.0%}; those with the most drawings shown)"
+            if tied > half
+            else ""
+        )
+        panels = [(f"{half} lowest{note}", low), (f"{half} highest", high)]
     rows = max(len(p[1]) for p in panels)
-    fig = _figure(6.5 * len(panels), max(3.0, 0.24 * rows + 1.6))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (label, part) in zip(axes, panels, strict=True):
+    many = len(panels) > 1
+    fig = _figure(6.5 * len(panels) + (4.0 if many else 0), max(3.0, 0.24 * rows + 1.6))
+    axes = fig.subplots(
+        1, len(panels) + many, squeeze=False, width_ratios=[6.5] * len(panels) + [4.0] * many
+    )[0]
+    if many:  # how the accuracies of all classes are spread
+        ax = axes[-1]
+        ax.hist([a for a, _, _ in items], bins=np.linspace(0, 1, 21), color="gray", edgecolor="black", lw=0.6)
+        ax.axvline(mean, color="black", ls="--", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("accuracy")
+        ax.set_ylabel("classes")
+        ax.set_title(f"all {len(items)} classes", fontsize=10)
+    for ax, (label, part) in zip(axes, panels, strict=False):
         acc = [a for a, _, _ in part]
         y = np.arange(len(part))
         colors = ["#d62728" if a < mean else "#1f77b4" for a in acc]
