@@ -113,6 +113,7 @@ class Classifier:
         self.source = source
         self.chunk = DEFAULT_CHUNK
         self._pool = None
+        self._threads = max(1, min(4, os.cpu_count() or 1))  # a batch runs this many chunks at once
         self._pool_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------- loading
@@ -245,7 +246,10 @@ class Classifier:
             return np.zeros((0, len(self.classes)), np.float32)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         order = np.argsort(lengths, kind="stable")
-        chunks = [order[s : s + self.chunk] for s in range(0, n, self.chunk)]
+        size = self.chunk
+        if self.backend == "onnx":  # spread even a small batch over the threads (the GRU is compute-bound)
+            size = max(1, min(size, -(-n // self._threads)))
+        chunks = [order[s : s + size] for s in range(0, n, size)]
 
         def run(idx: np.ndarray) -> np.ndarray:
             sub = np.concatenate([steps[offsets[i] : offsets[i + 1]] for i in idx.tolist()])
@@ -270,9 +274,7 @@ class Classifier:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
-                self._pool = ThreadPoolExecutor(
-                    max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="doodle-infer"
-                )
+                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="doodle-infer")
             return self._pool
 
     def model_view(self, strokes: Sequence) -> list[list[list[int]]]:
