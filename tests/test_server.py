@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -210,12 +211,32 @@ coords = st.lists(numbers, min_size=0, max_size=12)
 strokes_like = st.lists(st.lists(coords, min_size=1, max_size=4), min_size=0, max_size=6)
 
 
+in_range = (
+    st.integers(-(10**6), 10**6)
+    | st.floats(-1e6, 1e6, allow_nan=False)
+    | st.sampled_from([0, 1e-300, 5e-324])
+)
+
+
+@st.composite
+def drawings(draw) -> list:
+    """Well-formed drawings of random numbers (any scale, with or without times): these must get a 200."""
+    out = []
+    for _ in range(draw(st.integers(1, 5))):
+        n = draw(st.integers(1, 15))
+        k = draw(st.sampled_from([2, 3]))
+        out.append([draw(st.lists(in_range, min_size=n, max_size=n)) for _ in range(k)])
+    return out
+
+
 def dumps(v) -> bytes:
     return json.dumps(v).encode()  # the stdlib writes integers of any size (orjson stops at 64 bits)
 
 
 bodies = st.one_of(
     json_values.map(dumps),
+    st.fixed_dictionaries({"strokes": drawings()}, optional={"top_k": st.integers(-1, 60)}).map(dumps),
+    st.fixed_dictionaries({"strokes": drawings()}).map(dumps),
     st.fixed_dictionaries(
         {"strokes": strokes_like}, optional={"top_k": json_values | st.integers(-3, 60)}
     ).map(dumps),
@@ -225,6 +246,9 @@ bodies = st.one_of(
 )
 
 
+FUZZ_STATUSES: Counter = Counter()
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=bodies, batch=st.booleans())
 def test_fuzz_never_5xx(http, body, batch):
@@ -232,6 +256,7 @@ def test_fuzz_never_5xx(http, body, batch):
     if batch:
         path, body = "/api/predict/batch", b'{"drawings": [' + body + b"]}"
     r = http.post(path, content=body, headers={"Content-Type": "application/json"})
+    FUZZ_STATUSES[r.status_code] += 1
     assert r.status_code < 500, (body, r.text)
     assert r.status_code in (200, 400, 413, 422), r.text
     if r.status_code != 200:
@@ -239,6 +264,9 @@ def test_fuzz_never_5xx(http, body, batch):
 
 
 def test_still_healthy_after_fuzzing(http):
+    if FUZZ_STATUSES:  # the fuzzer reached both the model and the validator
+        assert FUZZ_STATUSES[200] > 0 and FUZZ_STATUSES[422] > 0, FUZZ_STATUSES
+        print(f"fuzz statuses: {dict(FUZZ_STATUSES)}")
     assert http.get("/healthz").json() == {"status": "ok"}
     assert http.post("/api/predict", json={"strokes": next(iter(generate(1))).strokes}).status_code == 200
 

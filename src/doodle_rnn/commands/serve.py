@@ -21,7 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--port", type=int, default=8000, help="TCP port (0 picks a free one)")
     p.add_argument(
-        "--workers", type=int, default=1, help="server processes, each with its own copy of the model"
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes, each with its own copy of the model (2 serves more on a 2-core box; see benchmarks/bench_serve.py)",
     )
     p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
                    help="inference engine (auto: ONNX Runtime when installed)")  # fmt: skip
