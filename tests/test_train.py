@@ -61,7 +61,7 @@ def test_learns_synthetic_shapes_to_98_percent_in_about_a_minute(tmp_path):
 def test_cli_writes_config_logs_and_self_describing_checkpoints(small_cache, tmp_path):
     run = tmp_path / "run"
     r = _cli("train", "--data", str(small_cache), "--out", str(run), "--epochs", "2", "--hidden-size", "16",
-             "--batch-size", "32", "--log-every", "10", "--num-threads", "1", "--no-augment")  # fmt: skip
+             "--batch-size", "32", "--log-every", "10", "--num-threads", "1", "--no-augment", "--no-amp")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "config: {" in r.stdout
     lines = r.stdout.splitlines()

@@ -257,6 +257,15 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True on x86 CPUs with AVX512-BF16 or AMX, where bf16 matrix products run ~4x the fp32 rate."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if not cfg.amp or device.type != "cuda":
         return None
@@ -337,6 +346,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
 
     torch.manual_seed(cfg.seed)
     model = GRUClassifier(mcfg).to(device)
+    if device.type == "cpu" and cfg.amp and cpu_has_fast_bf16():
+        model.matmul_dtype = torch.bfloat16  # fused GRU: bf16 products, fp32 states, gates and gradients
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     n_batches = len(
         shard_batches(
@@ -446,7 +457,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         rec = {
             "kind": "epoch", "epoch": epoch, "step": global_step,
             "train_loss": loss_sum / max(seen, 1), "train_acc1": correct / max(seen, 1), **val,
-            "lr": opt.param_groups[0]["lr"], "seconds": secs,
+            "lr": opt.param_groups[0]["lr"], "seconds": secs, "train_seconds": train_secs,
             "train_drawings_per_s": seen / max(train_secs, 1e-9), "improved": improved,
         }  # fmt: skip
         if improved:

@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="auto picks CUDA, then MPS, then CPU")  # fmt: skip
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="mixed precision (bf16, or fp16 with loss scaling) on CUDA")  # fmt: skip
+                   help="mixed precision: bf16 or fp16 autocast on CUDA; bf16 GRU matrix products on CPUs with AVX512-BF16/AMX")  # fmt: skip
     p.add_argument(
         "--seed", type=int, default=42, help="seed of initialisation, batch order, augmentation, dropout"
     )

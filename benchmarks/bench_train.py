@@ -1,0 +1,170 @@
+"""Training and validation throughput of the default model (2 x bi-GRU 192) at batch 192, on CPU.
+
+Data (synthetic, labelled so in the output): 25,500 drawings of the 10 animal classes, made by
+resampling the real simplified animal drawings in the shared Quick, Draw! sample with small jitter
+(Gaussian, 1 px, on every point), 2,550 per class, split 85/15 by key_id hash (about 21,675 train,
+3,825 val). Encoding `reference` by default (mean ~50 steps, like the reference trainer's data).
+
+Training is one epoch of the real `train()` loop (batch building, augmentation, forward, backward,
+AdamW, clipping), so the number is what `doodle train` gets; validation is `train.evaluate` at batch
+192. FLOPs count real steps only (no padding): forward per step = sum over layers and directions of
+2 * (in * 3H + H * 3H) multiply-adds x 2, training = 3 x forward. The fp32 matmul peak is measured
+in the same run with the same threads.
+
+    python benchmarks/bench_train.py [--max-batches 40] [--num-threads N] [--impl fused|packed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import torch
+
+from doodle_rnn.data.cache import DoodleCache, PrepareConfig, prepare_cache
+from doodle_rnn.data.formats import iter_drawings
+from doodle_rnn.model import GRUClassifier
+from doodle_rnn.train import TrainConfig, evaluate, train
+
+ANIMALS = (
+    "butterfly",
+    "cow",
+    "elephant",
+    "giraffe",
+    "monkey",
+    "octopus",
+    "scorpion",
+    "shark",
+    "snake",
+    "spider",
+)
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "quickdraw" / "simplified"
+
+
+def make_data(out: Path, per_class: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True)
+    for word in ANIMALS:
+        src = [d.strokes for d in iter_drawings(REAL / f"{word}.ndjson")]
+        with open(out / f"{word}.ndjson", "wb") as fh:
+            for i in range(per_class):
+                strokes = src[rng.integers(len(src))]
+                jit = [
+                    [np.clip(np.rint(np.asarray(s[k], float) + rng.normal(0, 1.0, len(s[k]))), 0, 255).astype(int).tolist()
+                     for k in (0, 1)]
+                    for s in strokes
+                ]  # fmt: skip
+                rec = {
+                    "word": word,
+                    "key_id": f"bench-{word}-{i}",
+                    "recognized": True,
+                    "countrycode": "ZZ",
+                    "drawing": jit,
+                }
+                fh.write(orjson.dumps(rec) + b"\n")
+
+
+def matmul_peak(n: int = 1536, reps: int = 8) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = 0.0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best / 1e9
+
+
+def flops_per_step(model: GRUClassifier) -> float:
+    c = model.cfg
+    dirs = 2 if c.bidirectional else 1
+    total, fan_in = 0, c.input_size
+    for _ in range(c.num_layers):
+        total += dirs * 2 * (fan_in * 3 * c.hidden_size + c.hidden_size * 3 * c.hidden_size)
+        fan_in = c.hidden_size * dirs
+    return float(total)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--max-batches", type=int, default=None, help="train/validate on this many batches only")
+    p.add_argument("--num-threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--per-class", type=int, default=2550, help="drawings per class")
+    p.add_argument("--encoding", default="reference", help="step encoding of the cache")
+    p.add_argument("--impl", default="auto", choices=("auto", "fused", "packed"), help="GRU implementation")
+    p.add_argument("--batch-size", type=int, default=192, help="batch size")
+    args = p.parse_args()
+    if not REAL.is_dir():
+        print(json.dumps({"error": f"needs the shared sample at {REAL}"}))
+        return 1
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_data(tmp / "ndjson", args.per_class, seed=0)
+        prepare_cache(PrepareConfig(inputs=[str(tmp / "ndjson")], out=str(tmp / "cache"), val_frac=0.15,
+                                    test_frac=0.0, encoding=args.encoding, progress=False))  # fmt: skip
+        cache = DoodleCache(tmp / "cache")
+        tr, va = cache.split_indices("train"), cache.split_indices("val")
+        peak = matmul_peak()
+        import doodle_rnn.model as model_mod
+
+        model_mod.GRUClassifier.__init__.__defaults__ = (args.impl,)  # the impl train() builds with
+        cfg = TrainConfig(data=str(tmp / "cache"), out=str(tmp / "run"), epochs=1, batch_size=args.batch_size,
+                          max_steps=args.max_batches, num_threads=args.num_threads, log_every=10**9)  # fmt: skip
+        stdout, sys.stdout = sys.stdout, open(os.devnull, "w")  # noqa: SIM115 - train() prints its log
+        try:
+            train(cfg)
+        finally:
+            sys.stdout.close()
+            sys.stdout = stdout
+        rec = [json.loads(x) for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+        n_train = int(round(rec["train_drawings_per_s"] * rec["train_seconds"]))
+        from doodle_rnn.checkpoint import build_model, load_checkpoint
+
+        model = build_model(load_checkpoint(tmp / "run" / "last.pt"))
+        model.impl = args.impl
+        vidx = va
+        if args.max_batches:
+            vidx = np.random.default_rng(1).permutation(va)[: args.max_batches * args.batch_size]
+        t0 = time.perf_counter()
+        val = evaluate(model, cache, vidx, args.batch_size, torch.device("cpu"))
+        val_secs = time.perf_counter() - t0
+        fps = flops_per_step(model)
+        mean_steps_train = float(cache.lengths[tr].mean())
+        mean_steps_val = float(cache.lengths[vidx].mean())
+        train_gflops = rec["train_drawings_per_s"] * mean_steps_train * fps * 3 / 1e9
+        val_dps = len(vidx) / val_secs
+        val_gflops = val_dps * mean_steps_val * fps / 1e9
+        print(json.dumps({
+            "benchmark": "train",
+            "data": "synthetic: real simplified animal drawings (10 classes) resampled with 1 px Gaussian jitter",
+            "encoding": args.encoding,
+            "drawings": {"train": len(tr), "val": len(va), "mean_steps": round(float(cache.lengths.mean()), 1)},
+            "model": {**model.cfg.to_dict(), "impl": args.impl},
+            "batch_size": args.batch_size,
+            "threads": torch.get_num_threads(),
+            "max_batches": args.max_batches,
+            "train": {"drawings": n_train, "seconds": round(rec["train_seconds"], 2),
+                      "drawings_per_s": round(rec["train_drawings_per_s"], 1), "gflops": round(train_gflops, 1)},
+            "val": {"drawings": len(vidx), "seconds": round(val_secs, 2), "drawings_per_s": round(val_dps, 1),
+                    "gflops": round(val_gflops, 1), "val_acc1": round(val["val_acc1"], 4)},
+            "flops_per_step_forward": fps,
+            "matmul_peak_gflops_fp32": round(peak, 1),
+            "fraction_of_peak": {"train": round(train_gflops / peak, 3), "val": round(val_gflops / peak, 3)},
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "machine": f"{os.cpu_count()} CPUs, shared with other jobs (timings are noisy)",
+            "torch": torch.__version__,
+        }))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
