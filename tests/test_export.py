@@ -163,6 +163,14 @@ def test_cli_export_float_and_int8(tiny_ckpt, tmp_path):
     agree = np.mean([a[0][0] == b[0][0] for a, b in zip(top_f, top_q, strict=True)])
     assert agree >= 0.9  # int8 changes the answers little (the size/speed trade is measured in bench_infer)
 
+    # `doodle predict` runs from the exported file alone (classes and encoding come from its metadata)
+    data = tmp_path / "d.ndjson"
+    data.write_bytes(b"".join(orjson.dumps(d.to_ndjson_dict()) + b"\n" for d in generate(8, seed=5)))
+    r = _doodle("predict", "--checkpoint", str(tmp_path / "f.onnx"), str(data))
+    assert r.returncode == 0, r.stderr.decode()
+    lines = [json.loads(x) for x in r.stdout.decode().splitlines()]
+    assert len(lines) == 9 and lines[-1]["summary"] and lines[0]["top"][0][0] in SHAPES
+
     r = _doodle("export", "--checkpoint", str(tiny_ckpt), "--onnx", str(tmp_path / "x.txt"))
     assert r.returncode == 2 and b".onnx" in r.stderr
     r = _doodle("export", "--checkpoint", str(tmp_path / "none.pt"), "--onnx", str(tmp_path / "n.onnx"))
