@@ -127,7 +127,11 @@ def main() -> None:
     if not SHARED.is_dir():
         raise SystemExit(f"needs the shared sample at {SHARED}")
     torch.set_num_threads(1)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-infer-"))
+    with tempfile.TemporaryDirectory(prefix="bench-infer-") as d:
+        run(args, Path(d))
+
+
+def run(args: argparse.Namespace, tmp: Path) -> None:
     if args.checkpoint:
         ckpt_path = Path(args.checkpoint)
         ckpt = load_checkpoint(ckpt_path)

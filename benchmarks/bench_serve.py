@@ -136,7 +136,12 @@ def main() -> None:
         raise SystemExit(f"needs the shared sample at {SHARED}")
     seconds = min(args.seconds, 120.0)
     clients = max(1, min(args.clients, 256))
-    ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint(Path(tempfile.mkdtemp()) / "m.pt")
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as d:
+        ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint(Path(d) / "m.pt")
+        run(args, ckpt, seconds, clients)
+
+
+def run(args: argparse.Namespace, ckpt: Path, seconds: float, clients: int) -> None:
     payloads = bodies(200)
     proc, port = start_server(ckpt, args.workers, args.backend)
     try:
