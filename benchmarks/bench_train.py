@@ -32,7 +32,7 @@ import torch
 from doodle_rnn.data.cache import DoodleCache, PrepareConfig, prepare_cache
 from doodle_rnn.data.formats import iter_drawings
 from doodle_rnn.model import GRUClassifier
-from doodle_rnn.train import TrainConfig, evaluate, train
+from doodle_rnn.train import TrainConfig, cpu_has_fast_bf16, evaluate, train
 
 ANIMALS = (
     "butterfly",
@@ -131,6 +131,8 @@ def main() -> int:
 
         model = build_model(load_checkpoint(tmp / "run" / "last.pt"))
         model.impl = args.impl
+        if cfg.amp and cpu_has_fast_bf16():
+            model.matmul_dtype = torch.bfloat16  # as train() validates
         vidx = va
         if args.max_batches:
             vidx = np.random.default_rng(1).permutation(va)[: args.max_batches * args.batch_size]
@@ -148,7 +150,7 @@ def main() -> int:
             "data": "synthetic: real simplified animal drawings (10 classes) resampled with 1 px Gaussian jitter",
             "encoding": args.encoding,
             "drawings": {"train": len(tr), "val": len(va), "mean_steps": round(float(cache.lengths.mean()), 1)},
-            "model": {**model.cfg.to_dict(), "impl": args.impl},
+            "model": {**model.cfg.to_dict(), "impl": args.impl, "matmul_dtype": str(model.matmul_dtype or "float32")},
             "batch_size": args.batch_size,
             "threads": torch.get_num_threads(),
             "max_batches": args.max_batches,
