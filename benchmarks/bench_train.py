@@ -98,6 +98,7 @@ def main() -> int:
     p.add_argument("--num-threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--per-class", type=int, default=2550, help="drawings per class")
     p.add_argument("--encoding", default="reference", help="step encoding of the cache")
+    p.add_argument("--batching", default="random", choices=("random", "bucket"), help="training batches")
     p.add_argument("--impl", default="auto", choices=("auto", "fused", "packed"), help="GRU implementation")
     p.add_argument("--batch-size", type=int, default=192, help="batch size")
     args = p.parse_args()
@@ -118,7 +119,8 @@ def main() -> int:
 
         model_mod.GRUClassifier.__init__.__defaults__ = (args.impl,)  # the impl train() builds with
         cfg = TrainConfig(data=str(tmp / "cache"), out=str(tmp / "run"), epochs=1, batch_size=args.batch_size,
-                          max_steps=args.max_batches, num_threads=args.num_threads, log_every=10**9)  # fmt: skip
+                          max_steps=args.max_batches, num_threads=args.num_threads, log_every=10**9,
+                          batching=args.batching)  # fmt: skip
         stdout, sys.stdout = sys.stdout, open(os.devnull, "w")  # noqa: SIM115 - train() prints its log
         try:
             train(cfg)
@@ -150,7 +152,7 @@ def main() -> int:
             "data": "synthetic: real simplified animal drawings (10 classes) resampled with 1 px Gaussian jitter",
             "encoding": args.encoding,
             "drawings": {"train": len(tr), "val": len(va), "mean_steps": round(float(cache.lengths.mean()), 1)},
-            "model": {**model.cfg.to_dict(), "impl": args.impl, "matmul_dtype": str(model.matmul_dtype or "float32")},
+            "model": {**model.cfg.to_dict(), "impl": args.impl, "batching": args.batching, "matmul_dtype": str(model.matmul_dtype or "float32")},
             "batch_size": args.batch_size,
             "threads": torch.get_num_threads(),
             "max_batches": args.max_batches,

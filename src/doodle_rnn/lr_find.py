@@ -93,7 +93,11 @@ def lr_find(cfg: LRFindConfig) -> dict:
     for it in range(cfg.num_iter):
         if not batches:  # cycle through the data as often as needed
             batches = bucket_batches(
-                cache.lengths[idx], cfg.batch_size, True, np.random.default_rng([cfg.seed, epoch])
+                cache.lengths[idx],
+                cfg.batch_size,
+                True,
+                np.random.default_rng([cfg.seed, epoch]),
+                labels=cache.labels[idx],
             )
             epoch += 1
         b = idx[batches.pop()]

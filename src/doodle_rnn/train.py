@@ -38,6 +38,11 @@ from doodle_rnn.model import GRUClassifier, ModelConfig
 
 SCHEDULERS = ("plateau", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# Training batches. `random`: drawn at random (each sorted by length inside, for the GRU kernel).
+# `bucket`: drawings of similar within-class length quantile together, ~1.6x faster per epoch on CPU but
+# it learned much slower on the 10-animal workload (val acc 0.39 vs 0.74 after 4 epochs; see
+# data/batches.py), so it is opt-in.
+BATCHINGS = ("random", "bucket")
 
 
 class TrainError(ValueError):
@@ -57,6 +62,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     patience: int = 4
     scheduler: str = "plateau"
+    batching: str = "random"
     augment: bool = True
     device: str = "auto"
     seed: int = 42
@@ -75,6 +81,8 @@ class TrainConfig:
     def check(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise TrainError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, not {self.scheduler!r}")
+        if self.batching not in BATCHINGS:
+            raise TrainError(f"--batching must be one of {', '.join(BATCHINGS)}, not {self.batching!r}")
         if self.device not in DEVICES:
             raise TrainError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         for name in ("epochs", "batch_size", "grad_accum", "hidden_size", "num_layers", "eval_batch_size"):
@@ -167,6 +175,17 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 def _epoch_rng(cfg: TrainConfig, epoch: int, *more: int) -> np.random.Generator:
     return np.random.default_rng([cfg.seed, epoch, *more])
+
+
+def _train_batches(
+    cache: DoodleCache, train_idx: np.ndarray, cfg: TrainConfig, epoch: int
+) -> list[np.ndarray]:
+    """One epoch's training batches (positions into train_idx); identical on every rank for a seed."""
+    rng = _epoch_rng(cfg, epoch)
+    lengths = cache.lengths[train_idx]
+    if cfg.batching == "bucket":
+        return bucket_batches(lengths, cfg.batch_size, True, rng, labels=cache.labels[train_idx])
+    return bucket_batches(lengths, cfg.batch_size, True, rng, pool=1)
 
 
 def _batch_tensors(cache: DoodleCache, idx: np.ndarray, device: torch.device):
@@ -349,13 +368,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     if device.type == "cpu" and cfg.amp and cpu_has_fast_bf16():
         model.matmul_dtype = torch.bfloat16  # fused GRU: bf16 products, fp32 states, gates and gradients
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    n_batches = len(
-        shard_batches(
-            bucket_batches(cache.lengths[train_idx], cfg.batch_size, True, _epoch_rng(cfg, 0)),
-            d.rank,
-            d.world,
-        )
-    )
+    n_batches = len(shard_batches(_train_batches(cache, train_idx, cfg, 0), d.rank, d.world))
     steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
     sched = _make_scheduler(cfg, opt, steps_per_epoch)
     amp_dtype = _amp_dtype(cfg, device)
@@ -394,7 +407,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         net.train()
-        batches = bucket_batches(cache.lengths[train_idx], cfg.batch_size, True, _epoch_rng(cfg, epoch))
+        batches = _train_batches(cache, train_idx, cfg, epoch)
         batches = shard_batches(batches, d.rank, d.world)
         bar = tqdm(
             total=len(batches),

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--scheduler", choices=("plateau", "onecycle"), default="plateau",
                    help="plateau: halve the rate when val loss stalls; onecycle: one warm-up/anneal cycle")  # fmt: skip
+    p.add_argument("--batching", choices=("random", "bucket"), default="random",
+                   help="random: batches drawn at random; bucket: similar lengths together (faster on CPU, "
+                   "learned much slower in our measurements)")  # fmt: skip
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random rotation, scale and jitter of training drawings")  # fmt: skip
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",

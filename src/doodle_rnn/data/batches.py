@@ -40,11 +40,20 @@ def bucket_batches(
     shuffle: bool,
     rng: np.random.Generator | None = None,
     pool: int = 64,
+    labels: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Split positions 0..len(lengths)-1 into batches of similar length.
 
     With shuffle, positions are shuffled, sorted by length within pools of `pool * batch_size`, cut into
     batches, and the batch order is shuffled. Without, they are sorted by length globally (evaluation).
+
+    With `labels` (training), the sort key is a drawing's length *quantile within its own class*
+    instead of its raw length. Length says a lot about the class (snakes are short, scorpions long), so
+    batches of equal raw length are batches of a few classes, and their gradients pull the model from
+    one class prior to the next: on the 10-animal workload the default model was still at 20% validation
+    accuracy after 6 epochs, against 81% after 4 with unbucketed batches. Quantile buckets keep every
+    class in every batch in proportion, while long drawings still travel with long drawings, which is
+    what makes bucketing fast (the GRU runs as many steps as the batch's longest drawing).
     """
     n = len(lengths)
     if not shuffle:
@@ -52,14 +61,29 @@ def bucket_batches(
         return [order[i : i + batch_size] for i in range(0, n, batch_size)]
     rng = rng or np.random.default_rng()
     perm = rng.permutation(n)
+    key = lengths if labels is None else _within_class_quantile(lengths, labels, rng)
     size = pool * batch_size
     batches = []
     for s in range(0, n, size):
         chunk = perm[s : s + size]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+        chunk = chunk[np.argsort(key[chunk], kind="stable")]
+        for i in range(0, len(chunk), batch_size):
+            b = chunk[i : i + batch_size]
+            batches.append(b[np.argsort(lengths[b], kind="stable")])  # sorted inside, for the GRU kernel
     order = rng.permutation(len(batches))
     return [batches[i] for i in order]
+
+
+def _within_class_quantile(lengths: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each item's rank in (length, random tie-break) order among its class, scaled to [0, 1)."""
+    n = len(lengths)
+    order = np.lexsort((rng.random(n), lengths, labels))  # by class, then length, ties at random
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    counts = np.bincount(labels)[sorted_labels]
+    q = np.empty(n, dtype=np.float64)
+    q[order] = (np.arange(n) - starts) / counts
+    return q
 
 
 def shard_batches(batches: list[np.ndarray], rank: int, world: int) -> list[np.ndarray]:
