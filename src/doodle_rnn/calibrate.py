@@ -20,6 +20,7 @@ from doodle_rnn.evaluate import (
     MetricAccumulator,
     checkpoint_identity,
     load_eval_data,
+    load_model,
     predict_logits,
     resolve_device,
     softmax,
@@ -88,15 +89,9 @@ def calibrate_checkpoint(
     batch_size: int = 1024, device: str = "auto", max_drawings: int | None = 200_000,
 ) -> dict:  # fmt: skip
     """Fit a temperature on held-out data and save a copy of the checkpoint that carries it."""
-    from doodle_rnn.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
+    from doodle_rnn.checkpoint import save_checkpoint
 
-    try:
-        ckpt = load_checkpoint(checkpoint)
-        model = build_model(ckpt)
-    except (CheckpointError, KeyError, RuntimeError, TypeError) as exc:
-        raise EvalError(
-            str(exc) if isinstance(exc, CheckpointError) else f"{checkpoint}: unusable checkpoint ({exc})"
-        ) from exc
+    ckpt, model = load_model(checkpoint)
     ev = load_eval_data(inputs, ckpt, split)
     if len(ev.indices) < 2:
         raise EvalError(

@@ -566,21 +566,27 @@ def _key_of(data, row: int) -> str:
     return k.decode() if isinstance(k, bytes | np.bytes_) else str(k)
 
 
+def load_model(checkpoint: str | Path):
+    """(checkpoint dict, model in eval mode); any unusable file is an EvalError naming it."""
+    from doodle_rnn.checkpoint import CheckpointError, build_model, load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(checkpoint)
+        return ckpt, build_model(ckpt)
+    except (CheckpointError, KeyError, RuntimeError, TypeError) as exc:
+        raise EvalError(
+            str(exc) if isinstance(exc, CheckpointError) else f"{checkpoint}: unusable checkpoint ({exc})"
+        ) from exc
+
+
 def run_evaluation(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path, split: str | None = None,
                    batch_size: int = 1024, device: str = "auto", recognized_only: bool = True,
                    progress: bool = False) -> dict:  # fmt: skip
     """`doodle eval`: load, predict, measure, plot, and write DIR/summary.json + DIR/report.html."""
     from doodle_rnn import plots, report
-    from doodle_rnn.checkpoint import CheckpointError, build_model, load_checkpoint
 
     t0 = time.perf_counter()
-    try:
-        ckpt = load_checkpoint(checkpoint)
-        model = build_model(ckpt)
-    except (CheckpointError, KeyError, RuntimeError, TypeError) as exc:
-        raise EvalError(
-            str(exc) if isinstance(exc, CheckpointError) else f"{checkpoint}: unusable checkpoint ({exc})"
-        ) from exc
+    ckpt, model = load_model(checkpoint)
     dev = resolve_device(device)
     ev = load_eval_data(inputs, ckpt, split, recognized_only)
     if len(ev.indices) == 0:
