@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from doodle_rnn.data.cache import CacheError, DoodleCache, PrepareConfig, prepare_cache
-from doodle_rnn.data.encode import LengthRules, encode_batch, steps_to_features
+from doodle_rnn.data.encode import DEFAULT_ENCODING, LengthRules, encode_batch, steps_to_features
 from doodle_rnn.data.synthetic import write_ndjson_per_class
 
 
@@ -31,7 +31,7 @@ def test_prepare_real_sample_counts_match_files(tmp_path: Path, quickdraw_dir: P
     for f in sorted(src.glob("*.ndjson")):
         recs = [orjson.loads(x) for x in f.read_bytes().splitlines() if x.strip()]
         recs = [x for x in recs if x["recognized"]]
-        _, _, kept = encode_batch([x["drawing"] for x in recs], "stroke3", LengthRules())
+        _, _, kept = encode_batch([x["drawing"] for x in recs], DEFAULT_ENCODING, LengthRules())
         expected[f.stem] = len({recs[i]["key_id"] for i in kept})
     assert {w: sum(c.values()) for w, c in m["counts"].items()} == expected
     assert m["n_drawings"] == sum(expected.values()) == sum(m["split_counts"].values())
@@ -43,7 +43,7 @@ def test_prepare_real_sample_counts_match_files(tmp_path: Path, quickdraw_dir: P
     cow = [orjson.loads(x) for x in (src / "cow.ndjson").read_bytes().splitlines()]
     first = next(x for x in cow if x["recognized"])
     i = int(np.flatnonzero(np.asarray(c.key_ids) == first["key_id"].encode())[0])
-    steps, _, _ = encode_batch([first["drawing"]], "stroke3", LengthRules())
+    steps, _, _ = encode_batch([first["drawing"]], DEFAULT_ENCODING, LengthRules())
     assert np.array_equal(c.steps_of(i), steps) and c.classes[c.labels[i]] == "cow"
     np.testing.assert_array_equal(c.features_of(i), steps_to_features(steps))
 

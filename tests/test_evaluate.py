@@ -60,7 +60,7 @@ def tiny(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("tiny")
     write_ndjson_per_class(root / "files", 480, seed=1)
     prepare_cache(PrepareConfig(inputs=[str(root / "files")], out=str(root / "cache"), val_frac=0.2,
-                                test_frac=0.2, progress=False))  # fmt: skip
+                                test_frac=0.2, encoding="stroke3", progress=False))  # fmt: skip
     cache = DoodleCache(root / "cache")
     model = train_tiny(cache)
     ckpt = root / "tiny.pt"

@@ -17,6 +17,7 @@ import torch
 from doodle_rnn.checkpoint import build_model, load_checkpoint
 from doodle_rnn.data.batches import augment_features, pad_features, shard_batches
 from doodle_rnn.data.cache import DoodleCache, PrepareConfig, prepare_cache
+from doodle_rnn.data.encode import DEFAULT_ENCODING
 from doodle_rnn.data.synthetic import write_ndjson_per_class
 from doodle_rnn.train import TrainConfig, train
 
@@ -79,7 +80,7 @@ def test_cli_writes_config_logs_and_self_describing_checkpoints(small_cache, tmp
     assert f"val_loss={epochs[1]['val_loss']:.4f}" in epoch_lines[1]
     for name in ("best.pt", "last.pt"):
         ckpt = torch.load(run / name, map_location="cpu", weights_only=True)
-        assert ckpt["encoding"] == "stroke3" and ckpt["length_rules"] == {"min_len": 6, "max_len": 250}
+        assert ckpt["encoding"] == DEFAULT_ENCODING and ckpt["length_rules"] == {"min_len": 6, "max_len": 250}
         assert ckpt["model_config"]["hidden_size"] == 16 and len(ckpt["classes"]) == 8
         assert ckpt["package_version"]
     best = load_checkpoint(run / "best.pt")

@@ -37,6 +37,7 @@ import numpy as np
 
 from doodle_rnn import __version__
 from doodle_rnn.data.encode import (
+    DEFAULT_ENCODING,
     ENCODING_VERSION,
     LengthRules,
     check_encoding,
@@ -63,7 +64,7 @@ class PrepareConfig:
     recognized_only: bool = True
     val_frac: float = 0.1
     test_frac: float = 0.1
-    encoding: str = "stroke3"
+    encoding: str = DEFAULT_ENCODING
     min_len: int = 6
     max_len: int = 250
     seed: int = 42
