@@ -34,6 +34,7 @@ from doodle_rnn.data.encode import (
     LengthRules,
     encode_batch,
     features_to_strokes,
+    pad_steps,
     rules_from_dict,
     steps_to_features,
 )
@@ -95,11 +96,8 @@ class _TorchBackend:
 
 
 def _pad(steps: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The shared padding path (`batches.pad_features`), as numpy arrays for either backend."""
-    from doodle_rnn.data.batches import pad_features
-
-    x, lens = pad_features(steps, lengths)
-    return x.numpy(), lens.numpy()
+    """The shared padding path (`encode.pad_steps`, which `batches.pad_features` wraps for training)."""
+    return pad_steps(steps, lengths)
 
 
 class Classifier:

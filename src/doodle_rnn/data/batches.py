@@ -19,18 +19,12 @@ import numpy as np
 import torch
 
 from doodle_rnn.data.cache import DoodleCache
-from doodle_rnn.data.encode import steps_to_features
+from doodle_rnn.data.encode import pad_steps
 
 
 def pad_features(steps: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenated int16 steps + lengths -> zero-padded float32 [B, T, 3] and int64 lengths [B]."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    b, t = len(lengths), int(lengths.max()) if len(lengths) else 0
-    feats = steps_to_features(steps)
-    out = np.zeros((b, t, 3), dtype=np.float32)
-    rows = np.repeat(np.arange(b), lengths)
-    cols = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    out[rows, cols] = feats
+    """Concatenated int16 steps + lengths -> zero-padded float32 [B, T, 3] and int64 lengths [B] tensors."""
+    out, lengths = pad_steps(steps, lengths)
     return torch.from_numpy(out), torch.from_numpy(lengths)
 
 

@@ -182,6 +182,20 @@ def steps_to_features(steps: np.ndarray) -> np.ndarray:
     return f
 
 
+def pad_steps(steps: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated int16 steps + lengths -> zero-padded float32 features [B, T, 3] and int64 lengths [B].
+
+    numpy only, so an ONNX Runtime server needs no torch; `batches.pad_features` wraps it for torch.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    b, t = len(lengths), int(lengths.max()) if len(lengths) else 0
+    out = np.zeros((b, t, 3), dtype=np.float32)
+    rows = np.repeat(np.arange(b), lengths)
+    cols = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out[rows, cols] = steps_to_features(steps)
+    return out, lengths
+
+
 def features_to_strokes(features: np.ndarray, encoding: str) -> list[list[list[int]]]:
     """Invert the encoding for display ("the drawing as the model sees it").
 
