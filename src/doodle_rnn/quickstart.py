@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from doodle_rnn.data.encode import DEFAULT_ENCODING
@@ -194,7 +194,3 @@ def serve(checkpoint: str, host: str, port: int) -> None:
     _say(f"serving the drawing page at http://{host}:{port}/ (Ctrl-C to stop)")
     sys.stdout.flush()
     uvicorn.run(app, host=host, port=port, log_level="warning")
-
-
-def config_dict(cfg: QuickstartConfig) -> dict:
-    return asdict(cfg)

@@ -23,10 +23,6 @@ class Drawing:
     timestamp: str = ""
     extra: dict = field(default_factory=dict)
 
-    @property
-    def n_points(self) -> int:
-        return sum(len(s[0]) for s in self.strokes)
-
     def to_ndjson_dict(self) -> dict:
         """The official ndjson field layout (used when writing normalised files)."""
         d = {
