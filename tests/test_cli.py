@@ -1,4 +1,4 @@
-"""`doodle --help` and every `doodle <command> --help` explain themselves, fast, in a real subprocess."""
+"""`doodle --help` and every `doodle <command> --help` explain themselves, in a real subprocess."""
 
 from __future__ import annotations
 
