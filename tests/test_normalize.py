@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from doodle_rnn.data.drawing import Drawing
@@ -119,6 +119,7 @@ def test_mismatched_lengths_raise():
 
 
 @settings(max_examples=60, deadline=None)
+@example(strokes=[[(0.0, 0.0), (0.0, 2.0), (0.0, 1.0)]], scale=1.0, shift=0.0)  # backtrack: see below
 @given(
     st.lists(
         st.lists(
@@ -133,18 +134,30 @@ def test_mismatched_lengths_raise():
     st.floats(-1e3, 1e3),
 )
 def test_any_capture_lands_in_frame_and_is_invariant_to_offset(strokes, scale, shift):
-    raw = [[[p[0] for p in s], [p[1] for p in s]] for s in strokes]
+    raw = [[[p[0] * scale for p in s], [p[1] * scale for p in s]] for s in strokes]
     out = normalize_strokes(raw)
     assert len(out) == len(raw)
     pts = np.array(points(out))
     assert pts.min() >= 0 and pts.max() <= 255
     assert all(len(s[0]) >= 2 for s in out)
-    extent = max(np.ptp([x for s in raw for x in s[0]]), np.ptp([y for s in raw for y in s[1]]))
+    xs = np.concatenate([s[0] for s in raw])
+    ys = np.concatenate([s[1] for s in raw])
+    extent = max(np.ptp(xs), np.ptp(ys))
     if extent > 1e-3:
-        assert pts[:, 0].min() <= 2 and pts[:, 1].min() <= 2 and pts.max() >= 253
-    # Moving the capture changes nothing (up to float rounding of an exact .5, hence the 1 px slack).
+        # Every stroke keeps its two ends (RDP never drops them), mapped by Google's frame: minimum at 0,
+        # largest extent 255. Points between the ends may go: the frame need not be reached when a
+        # stroke's extreme is a backtrack along a straight line, which RDP (distance to the chord's
+        # infinite line, as Google measures it) drops, e.g. (0,0) -> (0,2) -> (0,1) becomes
+        # (0,0) -> (0,128). Hypothesis found that case; it is pinned above.
+        for s_raw, s_out in zip(raw, out, strict=True):
+            for k in (0, -1):
+                want = ((s_raw[0][k] - xs.min()) * 255 / extent, (s_raw[1][k] - ys.min()) * 255 / extent)
+                assert abs(s_out[0][k] - want[0]) <= 1 and abs(s_out[1][k] - want[1]) <= 1
+    # Moving the capture changes nothing (up to float rounding of an exact .5, hence the 1 px slack),
+    # as long as the shift does not swamp the drawing's own extent in float64.
     moved = normalize_strokes([[[x + shift for x in s[0]], [y + shift for y in s[1]]] for s in raw])
-    if [len(s[0]) for s in moved] == [len(s[0]) for s in out]:
+    resolvable = extent > 1e-9 * (1 + abs(shift) + np.abs(np.concatenate([xs, ys])).max())
+    if resolvable and [len(s[0]) for s in moved] == [len(s[0]) for s in out]:
         assert np.abs(np.array(points(moved)) - pts).max() <= 1
 
 
