@@ -101,6 +101,9 @@ def main() -> int:
     p.add_argument("--batching", default="random", choices=("random", "bucket"), help="training batches")
     p.add_argument("--impl", default="auto", choices=("auto", "fused", "packed"), help="GRU implementation")
     p.add_argument("--batch-size", type=int, default=192, help="batch size")
+    p.add_argument(
+        "--fp32", action="store_true", help="fp32 products even where the CPU has fast bf16 (--no-amp)"
+    )
     args = p.parse_args()
     if not REAL.is_dir():
         print(json.dumps({"error": f"needs the shared sample at {REAL}"}))
@@ -120,7 +123,7 @@ def main() -> int:
         model_mod.GRUClassifier.__init__.__defaults__ = (args.impl,)  # the impl train() builds with
         cfg = TrainConfig(data=str(tmp / "cache"), out=str(tmp / "run"), epochs=1, batch_size=args.batch_size,
                           max_steps=args.max_batches, num_threads=args.num_threads, log_every=10**9,
-                          batching=args.batching)  # fmt: skip
+                          batching=args.batching, amp=not args.fp32)  # fmt: skip
         stdout, sys.stdout = sys.stdout, open(os.devnull, "w")  # noqa: SIM115 - train() prints its log
         try:
             train(cfg)

@@ -109,3 +109,23 @@ def test_bad_config_is_rejected():
         GRUClassifier(ModelConfig(num_classes=3, rnn="transformer"))
     with pytest.raises(ValueError, match="impl must be"):
         GRUClassifier(ModelConfig(num_classes=3), impl="magic")
+
+
+def test_packed_row_counts_are_rounded_to_few_shapes():
+    """Every batch's packed row count is a new matrix shape to oneDNN, which keeps memory per shape."""
+    from doodle_rnn.model import _padded_rows
+
+    assert [_padded_rows(n) for n in (1, 64, 65, 4096, 4097, 9600)] == [64, 64, 128, 4096, 4608, 9728]
+    typical = {_padded_rows(n) for n in range(7_000, 12_000)}  # batches of 192 drawings of ~50 steps
+    assert len(typical) == 11
+    assert all(_padded_rows(n) - n < max(64, n // 8) for n in range(1, 50_000, 7))
+
+
+def test_keep_freed_memory_takes_effect_on_glibc():
+    import platform
+
+    from doodle_rnn.memory import keep_freed_memory
+
+    took = keep_freed_memory()
+    assert took is (platform.libc_ver()[0] == "glibc")
+    assert keep_freed_memory() is took  # idempotent

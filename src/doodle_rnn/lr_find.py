@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from doodle_rnn.data.batches import augment_features, bucket_batches, pad_features
 from doodle_rnn.data.cache import CacheError, DoodleCache
+from doodle_rnn.memory import keep_freed_memory
 from doodle_rnn.model import GRUClassifier, ModelConfig
 from doodle_rnn.train import TrainError, pick_device
 
@@ -69,6 +70,7 @@ def lr_find(cfg: LRFindConfig) -> dict:
         raise TrainError("lr-find needs --num-iter >= 2 and 0 < --start-lr < --end-lr")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    keep_freed_memory()  # as train(): big per-step tensors reuse freed heap
     try:
         cache = DoodleCache(cfg.data)
     except CacheError as exc:

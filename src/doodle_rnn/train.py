@@ -34,6 +34,7 @@ from doodle_rnn.checkpoint import load_checkpoint, make_checkpoint, save_checkpo
 from doodle_rnn.data.batches import augment_features, bucket_batches, pad_features, shard_batches
 from doodle_rnn.data.cache import DoodleCache
 from doodle_rnn.data.encode import ENCODING_VERSION
+from doodle_rnn.memory import keep_freed_memory
 from doodle_rnn.model import GRUClassifier, ModelConfig
 
 SCHEDULERS = ("plateau", "onecycle")
@@ -294,6 +295,7 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
 def train(cfg: TrainConfig) -> dict:
     """Train on the cache at `cfg.data`, writing checkpoints and logs to `cfg.out`; returns a summary."""
     cfg.check()
+    keep_freed_memory()  # big per-step tensors: reuse freed heap instead of faulting in new pages
     d = init_distributed(cfg.device)
     try:
         return _train(cfg, d)
