@@ -42,3 +42,17 @@ def test_pad_features_places_each_drawing_in_its_row() -> None:
     assert x.shape == (2, 2, 3) and lengths.tolist() == [2, 1]
     np.testing.assert_allclose(x[0].numpy(), [[1, 0, 0], [0, 1, 1]])
     np.testing.assert_allclose(x[1].numpy(), [[0.2, 0.2, 1], [0, 0, 0]])
+
+
+def test_evaluation_batches_cap_total_steps_and_cover_everything_once():
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(6, 251, 5000)
+    batches = bucket_batches(lengths, 512, False, max_steps=512 * 64)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(5000))
+    assert np.all(np.diff(lengths[flat]) >= 0)  # still globally sorted
+    assert all(len(b) <= 512 and (lengths[b].sum() <= 512 * 64 or len(b) == 1) for b in batches)
+    assert len(batches[0]) == 512 and len(batches[-1]) < 512 * 64 // 240  # short full, long capped
+    assert [b.tolist() for b in bucket_batches(lengths, 512, False)] == [
+        b.tolist() for b in bucket_batches(lengths, 512, False, max_steps=10**9)
+    ]

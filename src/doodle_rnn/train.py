@@ -209,11 +209,10 @@ def evaluate(
     """Loss (plain cross-entropy) and top-1/top-3 accuracy over `indices`, summed across ranks."""
     d = d or Dist()
     model.eval()
-    batches = shard_batches(
-        bucket_batches(cache.lengths[indices], batch_size, shuffle=False), d.rank, d.world
-    )
+    everything = bucket_batches(cache.lengths[indices], batch_size, shuffle=False, max_steps=batch_size * 64)
+    batches = shard_batches(everything, d.rank, d.world)
     if d.world > 1:  # the few batches left over by sharding are evaluated by rank 0
-        rest = bucket_batches(cache.lengths[indices], batch_size, shuffle=False)[len(batches) * d.world :]
+        rest = everything[len(batches) * d.world :]
         batches = batches + (rest if d.main else [])
     loss_sum = c1 = c3 = n = 0.0
     for b in batches:
