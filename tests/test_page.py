@@ -161,3 +161,18 @@ def test_game_round_scores_when_the_model_guesses_the_target(page, base_url):
     page.wait_for_function("window.doodle.game.attempts === 4", timeout=10_000)  # next round follows a hit
     page.click("[data-testid=mode-free]")
     assert not page.locator("[data-testid=game]").is_visible()
+
+
+def test_api_docs_render_offline(browser, base_url):
+    """This machine has no internet: Swagger UI renders only if its assets come from the server."""
+    ctx = browser.new_context()
+    p = ctx.new_page()
+    errors: list[str] = []
+    p.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        p.goto(base_url + "/docs")
+        p.wait_for_selector("[data-path='/api/predict/batch']", timeout=15_000)
+        assert p.locator(".opblock").count() >= 5  # predict, batch, classes, model, healthz
+    finally:
+        ctx.close()
+    assert not errors, errors

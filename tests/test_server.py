@@ -77,7 +77,11 @@ def test_info_endpoints_and_docs(http):
     assert model["classes"] == list(SHAPES) and model["encoding"] == "stroke3"
     assert model["metrics"] == {"val_acc": 0.5} and model["version"] and model["backend"] == "onnx"
     assert model["limits"]["max_strokes"] == LIMITS.max_strokes
-    assert http.get("/docs").status_code == 200
+    docs = http.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    assert "https://" not in docs.text  # every asset from this server: the docs work offline
+    redoc = http.get("/redoc")
+    assert redoc.status_code == 200 and "https://" not in redoc.text
     spec = http.get("/openapi.json").json()
     body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "strokes" in body["properties"]

@@ -73,7 +73,9 @@ def bucket_batches(
     return [batches[i] for i in order]
 
 
-def _cap_steps(order: np.ndarray, sorted_lengths: np.ndarray, batch_size: int, max_steps: int) -> list[np.ndarray]:
+def _cap_steps(
+    order: np.ndarray, sorted_lengths: np.ndarray, batch_size: int, max_steps: int
+) -> list[np.ndarray]:
     """Cut `order` (ascending length) into runs of <= batch_size items and <= max_steps steps (>= 1 item)."""
     batches, start, n = [], 0, len(order)
     total = np.concatenate([[0], np.cumsum(sorted_lengths, dtype=np.int64)])

@@ -29,6 +29,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from doodle_rnn.inference import Classifier, Prediction
@@ -299,7 +300,9 @@ def create_app(checkpoint_path: str | Path, limits: Limits | None = None, backen
         finally:
             state.pop("batcher").close()
 
-    app = FastAPI(
+    # FastAPIOffline: FastAPI whose /docs (Swagger UI 5) and /redoc load their JS and CSS from this
+    # server instead of a CDN, so the docs also work on machines without internet.
+    app = FastAPIOffline(
         title="doodle-rnn",
         summary="Recognise Quick, Draw! doodles from pen strokes",
         description="POST raw strokes (x, y, t per point) and get the model's best guesses. The server "
