@@ -129,3 +129,16 @@ def test_keep_freed_memory_takes_effect_on_glibc():
     took = keep_freed_memory()
     assert took is (platform.libc_ver()[0] == "glibc")
     assert keep_freed_memory() is took  # idempotent
+
+
+def test_fast_dropout_keeps_the_right_share_scaled_and_passes_gradient_through_the_mask():
+    from doodle_rnn.model import _dropout
+
+    torch.manual_seed(0)
+    x = torch.full((200, 500), 2.0, requires_grad=True)
+    y = _dropout(x, 0.2)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.8) < 0.01
+    assert torch.allclose(y[kept], torch.tensor(2.0 / 0.8))
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() / 0.8)

@@ -215,6 +215,16 @@ class _GRUScan(torch.autograd.Function):
         return g_gi, g_w, g_b, None, None, None, None, None
 
 
+def _dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout, as `F.dropout` in training, with its mask from thresholded uniform noise.
+
+    On CPU `F.dropout` draws its mask with `bernoulli_`, about 3x slower than `rand_like(x) >= p`
+    (32 vs 11 ms for one layer's packed outputs of a 192-drawing batch); same distribution.
+    """
+    mask = (torch.rand_like(x) >= p).to(x.dtype).mul_(1.0 / (1.0 - p))
+    return x * mask
+
+
 def _padded_rows(rows: int) -> int:
     """`rows` rounded up to a multiple of 64 (up to 4,096) or 512 (beyond).
 
@@ -285,7 +295,7 @@ def gru_final_states(
             out, final = _GRUScan.apply(gi, w_hh, b_hh, counts, off, last, prev.to(dev), mm_dtype)
             if layer < gru.num_layers - 1:
                 if training and gru.dropout > 0:
-                    out = F.dropout(out, gru.dropout, training=True)
+                    out = _dropout(out, gru.dropout)
                 if dirs == 2:
                     inputs = [torch.cat([out[0], out[1][flip]], -1), torch.cat([out[0][flip], out[1]], -1)]
                 else:
