@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from doodle_rnn.model import GRUClassifier, ModelConfig
 
@@ -74,6 +75,30 @@ def test_fused_path_equals_packed_nn_gru_outputs_and_gradients(layers, bidirecti
     torch.testing.assert_close(gx_f, gx_p, atol=1e-12, rtol=1e-10)
     for k in g_p:
         torch.testing.assert_close(g_f[k], g_p[k], atol=1e-12, rtol=1e-10, msg=k)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_bf16_products_track_the_fp32_outputs_and_gradients(bidirectional):
+    """The CPU training default where bf16 is fast: products in bf16, states, gates and gradients fp32."""
+    torch.manual_seed(7)
+    cfg = ModelConfig(num_classes=5, hidden_size=32, num_layers=2, bidirectional=bidirectional, dropout=0.0)
+    m = GRUClassifier(cfg, impl="fused")
+    x, lens = _batch([12, 30, 1, 30, 7, 19, 2, 25], seed=8)
+    w = torch.randn(8, 5)
+    results = {}
+    for mdt in (None, torch.bfloat16):
+        m.matmul_dtype = mdt
+        m.zero_grad()
+        y = m(x, lens)
+        (y * w).sum().backward()
+        results[mdt] = (y.detach(), {k: p.grad.clone() for k, p in m.named_parameters()})
+    (y32, g32), (y16, g16) = results[None], results[torch.bfloat16]
+    assert y16.dtype == torch.float32
+    torch.testing.assert_close(y16, y32, atol=0.03, rtol=0.03)
+    for k in g32:  # bf16 keeps ~3 significant digits; gradients agree in direction and size
+        cos = F.cosine_similarity(g16[k].flatten(), g32[k].flatten(), dim=0)
+        assert cos > 0.99, (k, cos)
+        assert abs(g16[k].norm() / g32[k].norm() - 1) < 0.05, k
 
 
 def test_fused_path_passes_gradcheck():

@@ -127,6 +127,7 @@ class _GRUScan(torch.autograd.Function):
         # Per-direction 2-D products: MKL reads strided rows directly, where baddbmm copies (~1.8x slower).
         wt = w_hh.transpose(1, 2).contiguous()
         wt_m = wt.to(mm_dtype) if mm_dtype is not None else None
+        b_hh_b = b_hh.unsqueeze(1)
         out = gi.new_empty(d, rows, h)
         used = off[-1] + counts[-1] if counts else 0
         out[:, used:] = 0  # rows past the packed steps (shape padding) stay zero
@@ -142,11 +143,11 @@ class _GRUScan(torch.autograd.Function):
             gh = gh_all[:, s : s + n]
             act = act_all[:, s : s + n]
             gx = gi[:, o : o + n]
-            for i in range(d):
-                if wt_m is None:
+            if wt_m is None:
+                for i in range(d):
                     torch.addmm(b_hh[i], hp[i], wt[i], out=gh[i])
-                else:  # low-precision product, fp32 state and gates
-                    torch.add(b_hh[i], torch.mm(hp[i].to(mm_dtype), wt_m[i]), out=gh[i])
+            else:  # low-precision products (all directions in one), fp32 state and gates
+                torch.add(b_hh_b, torch.bmm(hp.to(mm_dtype), wt_m), out=gh)
             rz = act[..., : 2 * h]
             torch.add(gx[..., : 2 * h], gh[..., : 2 * h], out=rz)
             rz.sigmoid_()
@@ -197,11 +198,11 @@ class _GRUScan(torch.autograd.Function):
             torch.mul(dn * hn, r * (1 - r), out=dgh[..., :h])
             torch.mul(dn, r, out=dgh[..., 2 * h :])
             carry = dht * z
-            for i in range(d):
-                if mdt is None:
+            if mdt is None:
+                for i in range(d):
                     torch.addmm(carry[i], dgh[i], w_hh[i], out=dh[i, :n])
-                else:
-                    torch.add(carry[i], torch.mm(dgh[i].to(mdt), w_m[i]), out=dh[i, :n])
+            else:
+                torch.add(carry, torch.bmm(dgh.to(mdt), w_m), out=dh[:, :n])
         g_gi = torch.cat([dgh_all[..., : 2 * h], dn_all], dim=-1) if ctx.needs_input_grad[0] else None
         g_w = g_b = None
         if ctx.needs_input_grad[1]:
