@@ -124,7 +124,8 @@ class _GRUScan(torch.autograd.Function):
         h = g // 3
         b = counts[0] if counts else 0
         save = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        # Per-direction 2-D products: MKL reads strided rows directly, where baddbmm copies (~1.8x slower).
+        # fp32: per-direction 2-D products (MKL reads strided rows directly, where baddbmm copies, ~1.8x
+        # slower); bf16: one batched product for all directions (oneDNN; ~14% faster than per direction).
         wt = w_hh.transpose(1, 2).contiguous()
         wt_m = wt.to(mm_dtype) if mm_dtype is not None else None
         b_hh_b = b_hh.unsqueeze(1)
@@ -286,7 +287,9 @@ def gru_final_states(
     padded = _padded_rows(rows)
     pad = torch.arange(rows, padded)  # tail rows: zero, read by no step, mapped to themselves
     later = t_idx > 0
-    prev = torch.cat([pos[t_idx[later] - 1, b_idx[later]], torch.zeros(padded - rows, dtype=torch.int64)])
+    prev = torch.cat([pos[t_idx[later] - 1, b_idx[later]], torch.zeros(padded - rows, dtype=torch.int64)]).to(
+        dev
+    )
     order_d = order.to(dev)
     packed = x[order_d, :t_max].transpose(0, 1)[running.to(dev)].to(gru.weight_hh_l0.dtype)  # [N, F]
     packed = F.pad(packed, (0, 0, 0, padded - rows))
@@ -311,7 +314,7 @@ def gru_final_states(
                 wl = w_ih.to(mm_dtype)
                 gi = torch.stack([torch.mm(inputs[i].to(mm_dtype), wl[i].t()) for i in range(dirs)])
                 gi = gi.float() + b_ih.unsqueeze(1)
-            out, final = _GRUScan.apply(gi, w_hh, b_hh, counts, off, last, prev.to(dev), mm_dtype)
+            out, final = _GRUScan.apply(gi, w_hh, b_hh, counts, off, last, prev, mm_dtype)
             if layer < gru.num_layers - 1:
                 if training and gru.dropout > 0:
                     out = _dropout(out, gru.dropout)
