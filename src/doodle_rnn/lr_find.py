@@ -12,40 +12,19 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from doodle_rnn.config import LRFindConfig
 from doodle_rnn.data.batches import augment_features, bucket_batches, pad_features
 from doodle_rnn.data.cache import CacheError, DoodleCache
 from doodle_rnn.memory import keep_freed_memory
 from doodle_rnn.model import GRUClassifier, ModelConfig
 from doodle_rnn.train import TrainError, pick_device
-
-
-@dataclass
-class LRFindConfig:
-    data: str
-    out: str
-    start_lr: float = 1e-6
-    end_lr: float = 1.0
-    num_iter: int = 200
-    batch_size: int = 192
-    weight_decay: float = 1e-2
-    label_smoothing: float = 0.05
-    dropout: float = 0.2
-    hidden_size: int = 192
-    num_layers: int = 2
-    rnn: str = "gru"
-    augment: bool = True
-    smoothing: float = 0.98
-    diverge: float = 4.0
-    device: str = "auto"
-    seed: int = 42
-    num_threads: int | None = None
 
 
 def suggest(lrs: list[float], smoothed: list[float]) -> float:

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from doodle_rnn.config import TrainConfig
 from doodle_rnn.data.encode import DEFAULT_ENCODING
 
 
@@ -28,14 +29,14 @@ class QuickstartConfig:
     data_dir: str | None = None
     base_url: str | None = None
     encoding: str = DEFAULT_ENCODING
-    epochs: int = 15
-    batch_size: int = 192
-    hidden_size: int = 192
-    num_layers: int = 2
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    hidden_size: int = TrainConfig.hidden_size
+    num_layers: int = TrainConfig.num_layers
     max_steps: int | None = None
-    patience: int = 4
-    device: str = "auto"
-    seed: int = 42
+    patience: int = TrainConfig.patience
+    device: str = TrainConfig.device
+    seed: int = TrainConfig.seed
     jobs: int = 2
     serve: bool = True
     host: str = "127.0.0.1"

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,74 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from doodle_rnn.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from doodle_rnn.config import TrainConfig, TrainError
 from doodle_rnn.data.batches import augment_features, bucket_batches, pad_features, shard_batches
 from doodle_rnn.data.cache import DoodleCache
 from doodle_rnn.data.encode import ENCODING_VERSION
 from doodle_rnn.memory import keep_freed_memory
 from doodle_rnn.model import GRUClassifier, ModelConfig
-
-SCHEDULERS = ("plateau", "onecycle")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-# Training batches. `random`: drawn at random (each sorted by length inside, for the GRU kernel).
-# `bucket`: drawings of similar within-class length quantile together, ~1.6x faster per epoch on CPU but
-# it learned much slower on the 10-animal workload (val acc 0.39 vs 0.74 after 4 epochs; see
-# data/batches.py), so it is opt-in.
-BATCHINGS = ("random", "bucket")
-
-
-class TrainError(ValueError):
-    """A problem the user can fix (bad flag, missing cache, nothing to resume)."""
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    out: str
-    epochs: int = 15
-    batch_size: int = 192
-    lr: float = 2e-3
-    weight_decay: float = 1e-2
-    label_smoothing: float = 0.05
-    dropout: float = 0.2
-    grad_clip: float = 1.0
-    patience: int = 4
-    scheduler: str = "plateau"
-    batching: str = "random"
-    augment: bool = True
-    device: str = "auto"
-    seed: int = 42
-    resume: bool = False
-    max_steps: int | None = None
-    grad_accum: int = 1
-    hidden_size: int = 192
-    num_layers: int = 2
-    bidirectional: bool = True
-    rnn: str = "gru"
-    num_threads: int | None = None
-    eval_batch_size: int = 512
-    log_every: int = 50
-    amp: bool = True
-
-    def check(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise TrainError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, not {self.scheduler!r}")
-        if self.batching not in BATCHINGS:
-            raise TrainError(f"--batching must be one of {', '.join(BATCHINGS)}, not {self.batching!r}")
-        if self.device not in DEVICES:
-            raise TrainError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        for name in ("epochs", "batch_size", "grad_accum", "hidden_size", "num_layers", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise TrainError(f"--{name.replace('_', '-')} must be at least 1")
-        if not 0 <= self.dropout < 1:
-            raise TrainError("--dropout must be in [0, 1)")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise TrainError("--max-steps must be at least 1")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
 
 # ---------------------------------------------------------------- setup
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from doodle_rnn.config import DEVICES, LRFindConfig
+
 HELP = "learning-rate range test: plots loss and gradient norm against the rate and suggests one"
 DESCRIPTION = (
     "Train a fresh model for a few hundred batches while the learning rate grows exponentially, stop "
@@ -15,22 +17,41 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="CACHE", help="cache folder from `doodle prepare`")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the plots and lr_find.json")
-    p.add_argument("--start-lr", type=float, default=1e-6, help="first learning rate")
-    p.add_argument("--end-lr", type=float, default=1.0, help="last learning rate")
-    p.add_argument("--num-iter", type=int, default=200, help="batches over which the rate grows")
-    p.add_argument("--batch-size", type=int, default=192, help="drawings per batch")
-    p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
-    p.add_argument("--label-smoothing", type=float, default=0.05, help="label smoothing of the loss")
-    p.add_argument("--dropout", type=float, default=0.2, help="model dropout")
-    p.add_argument("--hidden-size", type=int, default=192, help="GRU hidden units per direction")
-    p.add_argument("--num-layers", type=int, default=2, help="stacked GRU layers")
-    p.add_argument("--rnn", choices=("gru", "lstm"), default="gru", help="recurrent cell")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="augment batches")
+    p.add_argument("--start-lr", type=float, default=LRFindConfig.start_lr, help="first learning rate")
+    p.add_argument("--end-lr", type=float, default=LRFindConfig.end_lr, help="last learning rate")
     p.add_argument(
-        "--diverge", type=float, default=4.0, help="stop when smoothed loss exceeds this x the best"
+        "--num-iter", type=int, default=LRFindConfig.num_iter, help="batches over which the rate grows"
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to run")
-    p.add_argument("--seed", type=int, default=42, help="seed of initialisation and batch order")
+    p.add_argument("--batch-size", type=int, default=LRFindConfig.batch_size, help="drawings per batch")
+    p.add_argument("--weight-decay", type=float, default=LRFindConfig.weight_decay, help="AdamW weight decay")
+    p.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=LRFindConfig.label_smoothing,
+        help="label smoothing of the loss",
+    )
+    p.add_argument("--dropout", type=float, default=LRFindConfig.dropout, help="model dropout")
+    p.add_argument(
+        "--hidden-size", type=int, default=LRFindConfig.hidden_size, help="GRU hidden units per direction"
+    )
+    p.add_argument("--num-layers", type=int, default=LRFindConfig.num_layers, help="stacked GRU layers")
+    p.add_argument("--rnn", choices=("gru", "lstm"), default=LRFindConfig.rnn, help="recurrent cell")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=LRFindConfig.augment,
+        help="augment batches",
+    )
+    p.add_argument(
+        "--diverge",
+        type=float,
+        default=LRFindConfig.diverge,
+        help="stop when smoothed loss exceeds this x the best",
+    )
+    p.add_argument("--device", choices=DEVICES, default=LRFindConfig.device, help="where to run")
+    p.add_argument(
+        "--seed", type=int, default=LRFindConfig.seed, help="seed of initialisation and batch order"
+    )
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads for torch")
 
 

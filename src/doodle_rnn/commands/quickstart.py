@@ -15,33 +15,54 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from doodle_rnn.data.encode import DEFAULT_ENCODING, ENCODINGS
+    from doodle_rnn.config import DEVICES
+    from doodle_rnn.data.encode import ENCODINGS
+    from doodle_rnn.quickstart import QuickstartConfig
 
-    p.add_argument("--workdir", default="runs/quickstart", help="folder for data, cache, run and evaluation")
     p.add_argument(
-        "--classes", nargs="+", default=["animals10"], help="class names or presets (animals10, all)"
+        "--workdir", default=QuickstartConfig.workdir, help="folder for data, cache, run and evaluation"
     )
-    p.add_argument("--max-per-class", type=int, default=5000, help="drawings per class to download and use")
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        default=QuickstartConfig().classes,
+        help="class names or presets (animals10, all)",
+    )
+    p.add_argument(
+        "--max-per-class",
+        type=int,
+        default=QuickstartConfig.max_per_class,
+        help="drawings per class to download and use",
+    )
     p.add_argument("--full", action="store_true", help="use every drawing of each class (no per-class cap)")
     p.add_argument("--data-dir", default=None, help="use local <class>.ndjson files instead of downloading")
     p.add_argument(
         "--base-url", default=None, help="download from this mirror instead of the official bucket"
     )
-    p.add_argument("--encoding", choices=ENCODINGS, default=DEFAULT_ENCODING, help="step encoding")
-    p.add_argument("--epochs", type=int, default=15, help="training epochs (early stopping may end sooner)")
-    p.add_argument("--batch-size", type=int, default=192, help="training batch size")
-    p.add_argument("--hidden-size", type=int, default=192, help="GRU hidden size")
-    p.add_argument("--num-layers", type=int, default=2, help="GRU layers")
+    p.add_argument("--encoding", choices=ENCODINGS, default=QuickstartConfig.encoding, help="step encoding")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=QuickstartConfig.epochs,
+        help="training epochs (early stopping may end sooner)",
+    )
+    p.add_argument("--batch-size", type=int, default=QuickstartConfig.batch_size, help="training batch size")
+    p.add_argument("--hidden-size", type=int, default=QuickstartConfig.hidden_size, help="GRU hidden size")
+    p.add_argument("--num-layers", type=int, default=QuickstartConfig.num_layers, help="GRU layers")
     p.add_argument(
         "--max-steps", type=int, default=None, help="stop training after this many steps (smoke runs)"
     )
-    p.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="training device")
-    p.add_argument("--seed", type=int, default=42, help="random seed (splits and training)")
-    p.add_argument("--jobs", type=int, default=2, help="files prepared in parallel")
+    p.add_argument(
+        "--patience", type=int, default=QuickstartConfig.patience, help="early-stopping patience in epochs"
+    )
+    p.add_argument("--device", default=QuickstartConfig.device, choices=DEVICES, help="training device")
+    p.add_argument(
+        "--seed", type=int, default=QuickstartConfig.seed, help="random seed (splits and training)"
+    )
+    p.add_argument("--jobs", type=int, default=QuickstartConfig.jobs, help="files prepared in parallel")
     p.add_argument("--no-serve", dest="serve", action="store_false", help="stop after evaluation")
-    p.add_argument("--host", default="127.0.0.1", help="address of the drawing page")
-    p.add_argument("--port", type=int, default=8000, help="port of the drawing page")
+    p.add_argument("--host", default=QuickstartConfig.host, help="address of the drawing page")
+    p.add_argument("--port", type=int, default=QuickstartConfig.port, help="port of the drawing page")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 

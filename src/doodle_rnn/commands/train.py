@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from doodle_rnn.config import BATCHINGS, DEVICES, SCHEDULERS, TrainConfig
+
 HELP = "train the recurrent classifier on a prepared cache, with checkpoints, logs and --resume"
 DESCRIPTION = (
     "Train the GRU classifier on a cache written by `doodle prepare`. Writes RUN_DIR/config.json, "
@@ -17,45 +19,85 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", required=True, metavar="RUN_DIR", help="folder for checkpoints, config and metrics"
     )
-    p.add_argument("--epochs", type=int, default=15, help="maximum number of epochs")
-    p.add_argument("--batch-size", type=int, default=192, help="drawings per batch (per rank)")
-    p.add_argument("--eval-batch-size", type=int, default=512, help="drawings per validation batch")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
-    p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay on weight matrices")
-    p.add_argument("--label-smoothing", type=float, default=0.05, help="label smoothing of the training loss")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="maximum number of epochs")
     p.add_argument(
-        "--dropout", type=float, default=0.2, help="dropout between GRU layers and before the classifier"
+        "--batch-size", type=int, default=TrainConfig.batch_size, help="drawings per batch (per rank)"
     )
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
     p.add_argument(
-        "--patience", type=int, default=4, help="stop after this many epochs without a better val loss"
+        "--eval-batch-size",
+        type=int,
+        default=TrainConfig.eval_batch_size,
+        help="drawings per validation batch",
     )
-    p.add_argument("--scheduler", choices=("plateau", "onecycle"), default="plateau",
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate (AdamW)")
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=TrainConfig.weight_decay,
+        help="AdamW weight decay on weight matrices",
+    )
+    p.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=TrainConfig.label_smoothing,
+        help="label smoothing of the training loss",
+    )
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=TrainConfig.dropout,
+        help="dropout between GRU layers and before the classifier",
+    )
+    p.add_argument(
+        "--grad-clip",
+        type=float,
+        default=TrainConfig.grad_clip,
+        help="clip the gradient norm to this (0: off)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=TrainConfig.patience,
+        help="stop after this many epochs without a better val loss",
+    )
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=TrainConfig.scheduler,
                    help="plateau: halve the rate when val loss stalls; onecycle: one warm-up/anneal cycle")  # fmt: skip
-    p.add_argument("--batching", choices=("random", "bucket"), default="random",
-                   help="random: batches drawn at random; bucket: similar lengths together (faster on CPU, "
+    p.add_argument("--batching", choices=BATCHINGS, default=TrainConfig.batching,
+                   help="random: batches drawn at random; bucket: similar lengths together (about 5%% faster on CPU, "
                    "learned much slower in our measurements)")  # fmt: skip
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=TrainConfig.augment,
                    help="random rotation, scale and jitter of training drawings")  # fmt: skip
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+    p.add_argument("--device", choices=DEVICES, default=TrainConfig.device,
                    help="auto picks CUDA, then MPS, then CPU")  # fmt: skip
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=TrainConfig.amp,
                    help="mixed precision: bf16 or fp16 autocast on CUDA; bf16 GRU matrix products on CPUs with AVX512-BF16/AMX")  # fmt: skip
     p.add_argument(
-        "--seed", type=int, default=42, help="seed of initialisation, batch order, augmentation, dropout"
+        "--seed",
+        type=int,
+        default=TrainConfig.seed,
+        help="seed of initialisation, batch order, augmentation, dropout",
     )
     p.add_argument("--resume", action="store_true", help="continue exactly from RUN_DIR/last.pt")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--grad-accum", type=int, default=1, help="batches whose gradients are summed per step")
-    p.add_argument("--hidden-size", type=int, default=192, help="GRU hidden units per direction")
-    p.add_argument("--num-layers", type=int, default=2, help="stacked GRU layers")
-    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument(
+        "--grad-accum",
+        type=int,
+        default=TrainConfig.grad_accum,
+        help="batches whose gradients are summed per step",
+    )
+    p.add_argument(
+        "--hidden-size", type=int, default=TrainConfig.hidden_size, help="GRU hidden units per direction"
+    )
+    p.add_argument("--num-layers", type=int, default=TrainConfig.num_layers, help="stacked GRU layers")
+    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=TrainConfig.bidirectional,
                    help="read each drawing forwards and backwards")  # fmt: skip
-    p.add_argument("--rnn", choices=("gru", "lstm"), default="gru", help="recurrent cell")
+    p.add_argument("--rnn", choices=("gru", "lstm"), default=TrainConfig.rnn, help="recurrent cell")
     p.add_argument(
         "--num-threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
     )
-    p.add_argument("--log-every", type=int, default=50, help="print a batch line every N batches")
+    p.add_argument(
+        "--log-every", type=int, default=TrainConfig.log_every, help="print a batch line every N batches"
+    )
 
 
 def config_from_args(args: argparse.Namespace):
