@@ -183,6 +183,7 @@ def download_classes(
     show = progress and sys.stderr.isatty()
     say: Log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     stop = threading.Event()
+    settings = _Settings(fmt, max_per_class, retries, retry_delay, timeout, say, stop)
     slots: queue.SimpleQueue[int] = queue.SimpleQueue()  # one screen row per worker for its bar
     for i in range(min(jobs, len(words))):
         slots.put(i + 1)
@@ -196,10 +197,7 @@ def download_classes(
             position=slot, leave=False, disable=not show,
         )  # fmt: skip
         try:
-            return _download_one(
-                word, class_url(word, fmt, base_url), paths[word], fmt, max_per_class,
-                retries, retry_delay, timeout, bar, say, stop,
-            )  # fmt: skip
+            return _download_one(word, class_url(word, fmt, base_url), paths[word], bar, settings)
         finally:
             bar.close()
             slots.put(slot)
@@ -220,20 +218,22 @@ def download_classes(
     return report
 
 
-def _download_one(
-    word: str,
-    url: str,
-    final: Path,
-    fmt: str,
-    cap: int | None,
-    retries: int,
-    retry_delay: float,
-    timeout: float,
-    bar: tqdm,
-    say: Log,
-    stop: threading.Event,
-) -> ClassResult:
+@dataclass(frozen=True)
+class _Settings:
+    """What every class of one `download_classes` call shares: format, cap, retry policy, log, stop."""
+
+    fmt: str
+    cap: int | None
+    retries: int
+    retry_delay: float
+    timeout: float
+    say: Log
+    stop: threading.Event
+
+
+def _download_one(word: str, url: str, final: Path, bar: tqdm, settings: _Settings) -> ClassResult:
     """Skip, resume or download one class, retrying transient failures; always returns a result."""
+    fmt, cap, say = settings.fmt, settings.cap, settings.say
     result = ClassResult(word=word, url=url, path=final, ok=False, status="failed")
     existing = _reusable(final, fmt, cap)
     if existing is not None:
@@ -249,36 +249,25 @@ def _download_one(
     _write_meta(final, {"format": fmt, "complete": False})  # any older final file is now stale
 
     try:
-        return _fetch_with_retries(
-            result, part, final, fmt, cap, retries, retry_delay, timeout, bar, say, stop
-        )
+        return _fetch_with_retries(result, part, final, bar, settings)
     finally:
         if not result.ok and not part.exists() and not final.exists():
             meta_path(final).unlink(missing_ok=True)  # leave no trace of a class that never arrived
 
 
 def _fetch_with_retries(
-    result: ClassResult,
-    part: Path,
-    final: Path,
-    fmt: str,
-    cap: int | None,
-    retries: int,
-    retry_delay: float,
-    timeout: float,
-    bar: tqdm,
-    say: Log,
-    stop: threading.Event,
+    result: ClassResult, part: Path, final: Path, bar: tqdm, settings: _Settings
 ) -> ClassResult:
-    """Attempt until complete, a fatal answer, or `retries` attempts in a row without progress."""
+    """Attempt until complete, a fatal answer, or `settings.retries` attempts in a row without progress."""
     word, url = result.word, result.url
+    cap, say, stop = settings.cap, settings.say, settings.stop
     resumed_from = part.stat().st_size if part.exists() else 0
     failures = 0
     while True:
         result.attempts += 1
         before = part.stat().st_size if part.exists() else 0
         try:
-            size, lines, capped = _attempt(url, part, cap, timeout, bar, stop)
+            size, lines, capped = _attempt(url, part, cap, settings.timeout, bar, stop)
             break
         except _Fatal as exc:
             result.error = str(exc)
@@ -290,16 +279,16 @@ def _fetch_with_retries(
                 return result
             after = part.stat().st_size if part.exists() else 0
             failures = 0 if after > before else failures + 1  # progress earns a fresh set of retries
-            if failures > retries:
+            if failures > settings.retries:
                 result.error = f"{exc} (gave up after {result.attempts} attempts)"
                 say(f"{word}: failed: {result.error} ({url})")
                 return result
-            delay = min(retry_delay * 2 ** max(failures - 1, 0), MAX_BACKOFF_S)
+            delay = min(settings.retry_delay * 2 ** max(failures - 1, 0), MAX_BACKOFF_S)
             say(f"{word}: {exc}; retrying from byte {after} in {delay:.2g}s")
             stop.wait(delay)  # a sleep that Ctrl-C (via `stop`) cuts short
 
     meta = {
-        "format": fmt,
+        "format": settings.fmt,
         "complete": True,
         "bytes": size,
         "lines": lines,
