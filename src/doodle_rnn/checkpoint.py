@@ -83,8 +83,16 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load safely (weights_only=True); a missing, corrupt or foreign file is a clear error naming it."""
-    path = Path(path)
+    """Load safely (weights_only=True); a missing, corrupt or foreign file is a clear error naming it.
+
+    `path` may also name a shipped model (`animals10`, see doodle_rnn.models).
+    """
+    from doodle_rnn.models import ShippedModelError, resolve_model
+
+    try:
+        path = resolve_model(path)
+    except ShippedModelError as exc:
+        raise CheckpointError(str(exc)) from exc
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:

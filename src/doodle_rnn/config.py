@@ -50,6 +50,12 @@ class TrainConfig:
     eval_batch_size: int = 512
     log_every: int = 50
     amp: bool = True
+    # share of training drawings replaced by a random prefix (re-normalised like a capture), so the model
+    # also learns half-finished drawings (early guessing, as in the game); needs a stroke3 cache
+    prefix_prob: float = 0.0
+    # 1-D convolutions (kernel `conv_kernel`, these output channels) in front of the GRU; empty: none
+    conv_channels: tuple[int, ...] = ()
+    conv_kernel: int = 5
 
     def check(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -63,13 +69,20 @@ class TrainConfig:
                 raise TrainError(f"--{name.replace('_', '-')} must be at least 1")
         if not 0 <= self.dropout < 1:
             raise TrainError("--dropout must be in [0, 1)")
+        if not 0 <= self.prefix_prob <= 1:
+            raise TrainError("--prefix-prob must be in [0, 1]")
+        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise TrainError("--conv-kernel must be an odd number >= 1 (the convolution keeps the length)")
         if self.max_steps is not None and self.max_steps < 1:
             raise TrainError("--max-steps must be at least 1")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kw = {k: v for k, v in d.items() if k in names}
+        if kw.get("conv_channels") is not None:
+            kw["conv_channels"] = tuple(int(c) for c in kw["conv_channels"])
+        return cls(**kw)
 
 
 @dataclass

@@ -584,8 +584,13 @@ def run_evaluation(checkpoint: str | Path, inputs: Sequence[str | Path], out: st
                    progress: bool = False) -> dict:  # fmt: skip
     """`doodle eval`: load, predict, measure, plot, and write DIR/summary.json + DIR/report.html."""
     from doodle_rnn import plots, report
+    from doodle_rnn.models import ShippedModelError, resolve_model
 
     t0 = time.perf_counter()
+    try:
+        checkpoint = resolve_model(checkpoint)  # a shipped model's name -> its file
+    except ShippedModelError as exc:
+        raise EvalError(str(exc)) from exc
     ckpt, model = load_model(checkpoint)
     dev = resolve_device(device)
     ev = load_eval_data(inputs, ckpt, split, recognized_only)

@@ -172,6 +172,8 @@ def metadata_from_checkpoint(ckpt: dict) -> dict:
         "metrics": _jsonable(ckpt.get("metrics", {})),
         "model_config": dict(ckpt["model_config"]),
         "package_version": ckpt.get("package_version", ""),
+        # a shipped model's card: name, test metrics on real drawings, announcement threshold
+        "card": _jsonable(ckpt.get("card", {})),
     }
 
 

@@ -120,8 +120,10 @@ class Classifier:
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, path: str | Path, backend: str = "auto", threads: int = 1) -> Classifier:
-        """A `.pt` checkpoint or a `.onnx` file from `doodle export`.
+    def load(cls, path: str | Path | None = None, backend: str = "auto", threads: int = 1) -> Classifier:
+        """A `.pt` checkpoint, a `.onnx` file from `doodle export`, or a shipped model's name.
+
+        No path: the default shipped model (`animals10`, trained on real drawings; docs/models.md).
 
         backend: `auto` (ONNX Runtime when installed, else torch), `onnx` or `torch` (`.pt` only).
         threads: ONNX Runtime intra-op threads per run (1 is fastest for this GRU; parallelism comes
@@ -129,7 +131,12 @@ class Classifier:
         """
         if backend not in BACKENDS:
             raise InferenceError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-        path = Path(path)
+        from doodle_rnn.models import ShippedModelError, resolve_model
+
+        try:
+            path = resolve_model(path)
+        except ShippedModelError as exc:
+            raise InferenceError(str(exc)) from exc
         if not path.is_file():
             raise InferenceError(f"{path}: model file not found")
         if path.suffix.lower() == ".onnx":
@@ -197,6 +204,7 @@ class Classifier:
             "quantization": m.get("quantization", "none"),
             "backend": self.backend,
             "source": self.source,
+            "card": m.get("card", {}),
         }
 
     # ----------------------------------------------------------------------------- prediction

@@ -20,7 +20,7 @@ Either way a drawing's logits never depend on how much padding its batch needed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,11 @@ class ModelConfig:
     bidirectional: bool = True
     dropout: float = 0.2
     rnn: str = "gru"  # "gru" or "lstm"
+    # Optional 1-D convolutions over the steps before the GRU (TensorFlow's Quick, Draw! RNN tutorial
+    # has such a front end): each sees `conv_kernel` neighbouring steps, so the GRU reads local shape
+    # features instead of single pen moves. Empty: the reference model.
+    conv_channels: list[int] = field(default_factory=list)
+    conv_kernel: int = 5
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,9 +61,12 @@ class GRUClassifier(nn.Module):
         # bf16 matrix products in the fused path (set by the trainer on CPUs with fast bf16); None: fp32
         self.matmul_dtype: torch.dtype | None = None
         rnn_cls = nn.GRU if cfg.rnn == "gru" else nn.LSTM
+        self.conv = (
+            _ConvFrontEnd(cfg.input_size, cfg.conv_channels, cfg.conv_kernel) if cfg.conv_channels else None
+        )
         # The attribute is called `gru` for both kinds so parameter names match the reference's.
         self.gru = rnn_cls(
-            input_size=cfg.input_size,
+            input_size=cfg.conv_channels[-1] if cfg.conv_channels else cfg.input_size,
             hidden_size=cfg.hidden_size,
             num_layers=cfg.num_layers,
             batch_first=True,
@@ -84,6 +92,8 @@ class GRUClassifier(nn.Module):
 
     def final_states(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Last layer's final hidden state(s), both directions concatenated: [B, H * dirs]."""
+        if self.conv is not None:
+            x = self.conv(x, lengths)
         if self.use_fused(x):
             return gru_final_states(self.gru, x, lengths, self.training, self.matmul_dtype)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -96,6 +106,30 @@ class GRUClassifier(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x: [B, T, 3] float features (padded), lengths: [B] true lengths -> logits [B, C]."""
         return self.fc(self.drop(self.norm(self.final_states(x, lengths))))
+
+
+class _ConvFrontEnd(nn.Module):
+    """Conv1d + ReLU layers that keep the length; steps past each drawing's length are zeroed after
+    every layer, so a drawing's features never depend on how much padding its batch has (a lone
+    drawing sees the convolution's own zero padding at its end; in a batch it sees the zeroed steps).
+    """
+
+    def __init__(self, in_channels: int, channels: list[int], kernel: int):
+        super().__init__()
+        if kernel % 2 == 0:
+            raise ValueError("conv_kernel must be odd (the convolution keeps the number of steps)")
+        sizes = [in_channels, *channels]
+        self.layers = nn.ModuleList(
+            nn.Conv1d(a, b, kernel, padding=kernel // 2) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        steps = torch.arange(x.shape[1], device=x.device)
+        mask = (steps[None, :] < lengths.to(x.device)[:, None]).unsqueeze(1).to(x.dtype)  # [B, 1, T]
+        h = x.transpose(1, 2) * mask
+        for conv in self.layers:
+            h = F.relu(conv(h)) * mask
+        return h.transpose(1, 2).contiguous()
 
 
 class _GRUScan(torch.autograd.Function):

@@ -35,6 +35,7 @@ from doodle_rnn.config import TrainConfig, TrainError
 from doodle_rnn.data.batches import augment_features, bucket_batches, pad_features, shard_batches
 from doodle_rnn.data.cache import DoodleCache
 from doodle_rnn.data.encode import ENCODING_VERSION
+from doodle_rnn.data.prefixes import random_prefixes
 from doodle_rnn.memory import keep_freed_memory
 from doodle_rnn.model import GRUClassifier, ModelConfig
 
@@ -127,8 +128,12 @@ def _train_batches(
     return bucket_batches(lengths, cfg.batch_size, True, rng, pool=1)
 
 
-def _batch_tensors(cache: DoodleCache, idx: np.ndarray, device: torch.device):
+def _batch_tensors(
+    cache: DoodleCache, idx: np.ndarray, device: torch.device, prefix_prob: float = 0.0, rng=None
+):
     steps, lens = cache.batch_steps(idx)
+    if prefix_prob > 0:
+        steps, lens = random_prefixes(steps, lens, cache.encoding, cache.length_rules, rng, prefix_prob)
     x, lengths = pad_features(steps, lens)
     y = torch.from_numpy(cache.labels[idx].astype(np.int64))
     return x, lengths, y
@@ -263,6 +268,11 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         cache = DoodleCache(cfg.data)
     except CacheError as exc:
         raise TrainError(str(exc)) from exc
+    if cfg.prefix_prob > 0 and cache.encoding != "stroke3":
+        raise TrainError(
+            f"--prefix-prob needs a stroke3 cache ({cfg.data} is {cache.encoding}): "
+            "doodle prepare --encoding stroke3 ..."
+        )
     train_idx, val_idx = cache.split_indices("train"), cache.split_indices("val")
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise TrainError(
@@ -288,6 +298,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             bidirectional=cfg.bidirectional,
             dropout=cfg.dropout,
             rnn=cfg.rnn,
+            conv_channels=list(cfg.conv_channels),
+            conv_kernel=cfg.conv_kernel,
         )
 
     if d.main:
@@ -358,7 +370,9 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         opt.zero_grad(set_to_none=True)
         hit_max = False
         for i, b in enumerate(batches):
-            x, lengths, y = _batch_tensors(cache, train_idx[b], device)
+            x, lengths, y = _batch_tensors(
+                cache, train_idx[b], device, cfg.prefix_prob, _epoch_rng(cfg, epoch, i, d.rank, 1)
+            )
             if cfg.augment:
                 x = augment_features(x, lengths, _epoch_rng(cfg, epoch, i, d.rank))
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

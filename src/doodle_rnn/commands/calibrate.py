@@ -14,7 +14,11 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt) to calibrate")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint file (.pt) to calibrate, or a shipped model's name (animals10)",
+    )
     p.add_argument("--data", nargs="+", required=True, metavar="PATH",
                    help="a prepared cache folder (use held-out data), or data files/folders")  # fmt: skip
     p.add_argument("--split", choices=["train", "val", "test", "all"], default=None,

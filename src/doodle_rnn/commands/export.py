@@ -16,7 +16,11 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="the .pt checkpoint to export")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="the .pt checkpoint to export, or a shipped model's name (animals10)",
+    )
     p.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
     p.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="int8: dynamic int8 weight quantisation of the written file")  # fmt: skip

@@ -16,7 +16,9 @@ BATCH = 512  # drawings classified at once: bounded memory for any file size
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--checkpoint", required=True, help="model: a .pt checkpoint or a .onnx file from `doodle export`"
+        "--checkpoint",
+        default="animals10",
+        help="model: a shipped model's name (animals10), a .pt checkpoint or a .onnx file from `doodle export`",
     )
     p.add_argument(
         "file", metavar="FILE", help="drawings (.ndjson[.gz], .csv, .npz), or '-' for ndjson on stdin"

@@ -14,7 +14,9 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--checkpoint", required=True, help="model: a .pt checkpoint or a .onnx file from `doodle export`"
+        "--checkpoint",
+        default="animals10",
+        help="model: a shipped model's name (animals10), a .pt checkpoint or a .onnx file from `doodle export`",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)"
@@ -50,7 +52,12 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from doodle_rnn.cli import UserError
+    from doodle_rnn.models import ShippedModelError, resolve_model
 
+    try:
+        args.checkpoint = str(resolve_model(args.checkpoint))
+    except ShippedModelError as exc:
+        raise UserError(str(exc)) from exc
     if not Path(args.checkpoint).is_file():
         raise UserError(f"{args.checkpoint}: model file not found")
     if args.workers < 1:

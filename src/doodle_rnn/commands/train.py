@@ -92,6 +92,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=TrainConfig.bidirectional,
                    help="read each drawing forwards and backwards")  # fmt: skip
     p.add_argument("--rnn", choices=("gru", "lstm"), default=TrainConfig.rnn, help="recurrent cell")
+    p.add_argument("--conv-channels", type=int, nargs="*", default=list(TrainConfig.conv_channels), metavar="C",
+                   help="output channels of 1-D convolutions in front of the GRU (none: the reference model)")  # fmt: skip
+    p.add_argument(
+        "--conv-kernel", type=int, default=TrainConfig.conv_kernel, help="width of those convolutions"
+    )
+    p.add_argument("--prefix-prob", type=float, default=TrainConfig.prefix_prob,
+                   help="share of training drawings cut to a random prefix (first strokes or points, "
+                   "re-normalised like a live capture) so the model guesses early; needs a stroke3 cache")  # fmt: skip
     p.add_argument(
         "--num-threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
     )
