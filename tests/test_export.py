@@ -139,6 +139,11 @@ def test_foreign_onnx_is_refused(tmp_path):
     save(helper.make_model(g), tmp_path / "other.onnx")
     with pytest.raises(InferenceError, match=r"other\.onnx.*doodle export"):
         Classifier.load(tmp_path / "other.onnx")
+    bad = helper.make_model(g)
+    helper.set_model_props(bad, {"doodle_rnn.format": '"doodle-rnn-onnx"', "doodle_rnn.classes": "[cat"})
+    save(bad, tmp_path / "bad.onnx")
+    with pytest.raises(InferenceError, match=r"bad\.onnx: its doodle_rnn metadata is not valid JSON"):
+        Classifier.load(tmp_path / "bad.onnx")
 
 
 def _doodle(*args: str) -> subprocess.CompletedProcess:

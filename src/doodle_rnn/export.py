@@ -191,7 +191,10 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def metadata_from_props(props: dict[str, str], path: str | Path) -> dict:
-    meta = {k[len(META_PREFIX) :]: json.loads(v) for k, v in props.items() if k.startswith(META_PREFIX)}
+    try:
+        meta = {k[len(META_PREFIX) :]: json.loads(v) for k, v in props.items() if k.startswith(META_PREFIX)}
+    except ValueError as exc:  # a damaged or hand-edited file: one clear error, not a traceback
+        raise ExportError(f"{path}: its doodle_rnn metadata is not valid JSON ({exc})") from None
     missing = [k for k in META_KEYS if k not in meta]
     if meta.get("format") != ONNX_FORMAT or missing:
         raise ExportError(

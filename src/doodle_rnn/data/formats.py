@@ -4,7 +4,7 @@ Supported (detected from the file name, and for CSV from the header):
 - official Quick, Draw! ndjson, simplified (`[[xs],[ys]]` strokes) or raw (`[[xs],[ys],[ts]]`),
   optionally gzip-compressed (`.ndjson.gz`);
 - sketch-rnn `.npz` (object arrays of stroke-3 `[dx, dy, pen_state]` under `train`/`valid`/`test`;
-  the class is the file name);
+  the class is the file name), read by `data/npz.py`, whose restricted unpickler runs nothing in the file;
 - the Kaggle "Quick, Draw! Doodle Recognition" CSV (`countrycode,drawing,key_id,recognized,timestamp,word`);
 - the reference project's CSV (`word,drawing,recognized`; no key_id, so one is derived from a hash of
   the drawing, which keeps splits stable and de-duplicates repeated rows).
@@ -204,28 +204,22 @@ def _stroke3_to_strokes(arr: np.ndarray) -> list[list[list[float]]]:
 
 
 def iter_npz(path: Path, strict: bool = False, report: SkipReport | None = None) -> Iterator[Drawing]:
-    """sketch-rnn files are pickled object arrays, so they need allow_pickle: only read files you trust."""
+    """sketch-rnn object arrays, rebuilt by `data/npz.py`: no pickle in the file runs (see there)."""
+    from doodle_rnn.data.npz import read_npz  # npz.py raises this module's DataFormatError
+
     name = str(path)
     word = path.name[: -len(".npz")]
-    try:
-        npz = np.load(path, allow_pickle=True, encoding="latin1")
-    except Exception as exc:  # noqa: BLE001 - any unreadable archive is one clear error
-        raise DataFormatError(f"{path}: cannot read as a sketch-rnn .npz ({exc})") from exc
-    keys = [k for k in ("train", "valid", "test") if k in npz.files]
-    if not keys:
-        raise DataFormatError(
-            f"{path}: a sketch-rnn .npz needs 'train', 'valid' or 'test' arrays; has {npz.files}"
-        )
-    for split in keys:
-        for i, item in enumerate(npz[split]):
+    for split, items in read_npz(path, ("train", "valid", "test")).items():
+        for i, item in enumerate(items):
             pos = f"{split}[{i}]"
             try:
-                arr = np.asarray(item, dtype=np.float64)
-                ok = arr.ndim == 2 and arr.shape[1] == 3 and len(arr) > 0 and np.isfinite(arr).all()
+                arr = np.asarray(item)
+                ok = arr.dtype.kind in "iuf" and arr.ndim == 2 and arr.shape[1] == 3 and len(arr) > 0
+                ok = ok and bool(np.isfinite(arr).all())
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                _bad(report, strict, name, i + 1, f"{pos}: not a finite (n, 3) stroke-3 array")
+                _bad(report, strict, name, i + 1, f"{pos}: not a finite (n, 3) stroke-3 array of numbers")
                 continue
             yield Drawing(word=word, key_id=f"{word}/{split}/{i}", strokes=_stroke3_to_strokes(arr),
                           extra={"sketchrnn_split": split})  # fmt: skip
