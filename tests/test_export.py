@@ -85,6 +85,8 @@ def test_parity_trained_tiny_model(tiny_ckpt, real_batches, tmp_path):
         {"bidirectional": False, "hidden_size": 16},
         {"num_layers": 3, "hidden_size": 8},
         {"num_layers": 1, "hidden_size": 8},
+        {"hidden_size": 16, "conv_channels": [8, 12], "conv_kernel": 5},  # the conv front end
+        {"hidden_size": 8, "conv_channels": [4], "conv_kernel": 3},
     ],  # fmt: skip
 )
 def test_parity_other_configs(cfg, real_batches, tmp_path):

@@ -32,11 +32,14 @@ def test_parameter_names_and_shapes_match_the_reference():
     assert shapes == expected
 
 
+@pytest.mark.parametrize("conv", [[], [8, 16]])
 @pytest.mark.parametrize("impl", ["fused", "packed"])
 @pytest.mark.parametrize("rnn", ["gru", "lstm"])
-def test_padding_never_changes_a_drawings_logits(impl, rnn):
+def test_padding_never_changes_a_drawings_logits(impl, rnn, conv):
     torch.manual_seed(0)
-    m = GRUClassifier(ModelConfig(num_classes=7, hidden_size=32, rnn=rnn), impl=impl).eval()
+    m = GRUClassifier(
+        ModelConfig(num_classes=7, hidden_size=32, rnn=rnn, conv_channels=conv), impl=impl
+    ).eval()
     alone_x, alone_len = _batch([9], seed=1)
     with torch.no_grad():
         alone = m(alone_x, alone_len)
@@ -167,3 +170,23 @@ def test_fast_dropout_keeps_the_right_share_scaled_and_passes_gradient_through_t
     assert torch.allclose(y[kept], torch.tensor(2.0 / 0.8))
     y.sum().backward()
     assert torch.equal(x.grad, kept.float() / 0.8)
+
+
+def test_conv_front_end_fused_equals_packed_and_changes_the_input_width():
+    torch.manual_seed(5)
+    cfg = ModelConfig(num_classes=4, hidden_size=12, dropout=0.0, conv_channels=[6, 10], conv_kernel=5)
+    fused, packed = GRUClassifier(cfg, impl="fused").double(), GRUClassifier(cfg, impl="packed").double()
+    packed.load_state_dict(fused.state_dict())
+    assert fused.gru.input_size == 10 and fused.conv is not None
+    x, lens = _batch([17, 5, 30], seed=6, dtype=torch.float64)
+    y = torch.tensor([0, 3, 1])
+    out = []
+    for m in (fused, packed):
+        m.train()
+        loss = F.cross_entropy(m(x, lens), y)
+        loss.backward()
+        out.append((loss.detach(), m.conv.layers[0].weight.grad.clone()))
+    torch.testing.assert_close(out[0][0], out[1][0])
+    torch.testing.assert_close(out[0][1], out[1][1])
+    with pytest.raises(ValueError, match="odd"):
+        GRUClassifier(ModelConfig(num_classes=2, conv_channels=[4], conv_kernel=4))

@@ -6,6 +6,7 @@ import functools
 import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -93,15 +94,22 @@ def test_quickstart_from_mirror_then_serves_the_page(
         proc.wait(timeout=20)
 
 
-def test_quickstart_with_local_data_skips_complete_steps(tmp_path: Path, quickdraw_dir: Path) -> None:
+def test_quickstart_on_bundled_data_offline_skips_complete_steps(tmp_path: Path) -> None:
+    """No network, no ../shared: the bundled real drawings are the default data."""
     work = tmp_path / "qs"
-    cmd = [sys.executable, "-m", "doodle_rnn", "quickstart", "--workdir", str(work), "--data-dir",
-           str(quickdraw_dir / "simplified"), *CLASSES, *TINY, "--no-serve"]  # fmt: skip
+    cmd = [sys.executable, "-m", "doodle_rnn", "quickstart", "--workdir", str(work), *CLASSES, *TINY,
+           "--no-serve"]  # fmt: skip
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr + first.stdout
+    assert "bundled real drawings" in first.stdout
     _outputs_exist(work)
+    manifest = json.loads((work / "cache" / "manifest.json").read_text())
+    assert manifest["classes"] == ["cow", "snake", "spider"] and manifest["encoding"] == "stroke3"
+    assert manifest["split_counts"]["train"] > 100  # 60 a class, ~80% in train
     summary = json.loads((work / "eval" / "summary.json").read_text())
-    assert summary["n_drawings"] > 0 and 0.0 <= summary["metrics"]["top1"] <= 1.0
+    # every test-split drawing of the cache was evaluated, and the printed figure is the summary's
+    assert summary["n_drawings"] == manifest["split_counts"]["test"] > 0
+    assert f"test top-1 {summary['metrics']['top1']:.4f}" in first.stdout
     best_mtime = (work / "run" / "best.pt").stat().st_mtime
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
@@ -113,6 +121,29 @@ def test_quickstart_with_local_data_skips_complete_steps(tmp_path: Path, quickdr
     third = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and (work / "eval" / "report.html").is_file()
     assert "4/4 evaluate: test split" in third.stdout
+
+
+def test_quickstart_with_a_local_data_dir(tmp_path: Path) -> None:
+    from doodle_rnn.quickstart import bundled_data_dir
+
+    data = tmp_path / "mine"
+    data.mkdir()
+    for w in ("cow", "snake", "spider"):
+        shutil.copy(bundled_data_dir() / f"{w}.ndjson.gz", data)
+    cmd = [sys.executable, "-m", "doodle_rnn", "quickstart", "--workdir", str(tmp_path / "qs"), "--data-dir",
+           str(data), *TINY, "--no-serve"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert f"using local files in {data}" in r.stdout
+    manifest = json.loads((tmp_path / "qs" / "cache" / "manifest.json").read_text())
+    assert manifest["classes"] == ["cow", "snake", "spider"]  # animals10 minus the classes without files
+
+
+def test_quickstart_classes_outside_the_bundle_need_download(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "doodle_rnn", "quickstart", "--workdir", str(tmp_path),
+                        "--classes", "cat", "cow", "--no-serve"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and "cat" in r.stderr and "--download" in r.stderr
+    assert not (tmp_path / "cache").exists()
 
 
 def test_quickstart_unknown_class_is_a_clear_error(tmp_path: Path) -> None:

@@ -75,6 +75,33 @@ def _rnn_weights(state: dict, layer: int, cfg: dict) -> tuple[np.ndarray, np.nda
     return np.stack(ws), np.stack(rs), np.stack(bs)
 
 
+def _conv_front_end(nodes: list, const, state: dict, cfg: dict) -> None:
+    """The model's Conv1d + ReLU layers, steps past each length zeroed after each (as `_ConvFrontEnd`)."""
+    from onnx import TensorProto, helper
+
+    mk = helper.make_node
+    nodes.append(mk("Shape", ["x"], ["x_shape"]))
+    nodes.append(mk("Gather", ["x_shape", const("one_i", np.array(1, np.int64))], ["t_len"], axis=0))
+    nodes.append(mk("Range", [const("zero_i", np.array(0, np.int64)), "t_len", "one_i"], ["steps"]))
+    nodes.append(mk("Unsqueeze", ["steps", const("ax0", np.array([0], np.int64))], ["steps_1t"]))
+    nodes.append(mk("Unsqueeze", ["lengths", const("ax1", np.array([1], np.int64))], ["len_b1"]))
+    nodes.append(mk("Less", ["steps_1t", "len_b1"], ["valid"]))  # [B, T]
+    nodes.append(mk("Cast", ["valid"], ["valid_f"], to=TensorProto.FLOAT))
+    nodes.append(mk("Unsqueeze", ["valid_f", "ax1"], ["mask"]))  # [B, 1, T]
+    nodes.append(mk("Transpose", ["x"], ["x_bft"], perm=[0, 2, 1]))
+    nodes.append(mk("Mul", ["x_bft", "mask"], ["c_in"]))
+    k = int(cfg.get("conv_kernel", 5))
+    inp = "c_in"
+    for i in range(len(cfg["conv_channels"])):
+        w, b = _np(state[f"conv.layers.{i}.weight"]), _np(state[f"conv.layers.{i}.bias"])
+        nodes.append(mk("Conv", [inp, const(f"conv_w{i}", w), const(f"conv_b{i}", b)], [f"conv{i}"],
+                        kernel_shape=[k], pads=[k // 2, k // 2]))  # fmt: skip
+        nodes.append(mk("Relu", [f"conv{i}"], [f"relu{i}"]))
+        nodes.append(mk("Mul", [f"relu{i}", "mask"], [f"c_out{i}"]))
+        inp = f"c_out{i}"
+    nodes.append(mk("Transpose", [inp], ["x_tbf"], perm=[2, 0, 1]))  # [B, C, T] -> [T, B, C]
+
+
 def build_onnx(ckpt: dict):
     """The ONNX ModelProto for a checkpoint dict (see module docstring for the graph)."""
     import onnx
@@ -92,7 +119,10 @@ def build_onnx(ckpt: dict):
         inits.append(numpy_helper.from_array(np.asarray(arr), name))
         return name
 
-    nodes.append(helper.make_node("Transpose", ["x"], ["x_tbf"], perm=[1, 0, 2]))
+    if cfg.get("conv_channels"):
+        _conv_front_end(nodes, const, state, cfg)  # x -> x_tbf through the convolutions
+    else:
+        nodes.append(helper.make_node("Transpose", ["x"], ["x_tbf"], perm=[1, 0, 2]))
     nodes.append(helper.make_node("Cast", ["lengths"], ["seq_lens"], to=TensorProto.INT32))
     const("shape_tb_", np.array([0, 0, -1], np.int64))
     inp = "x_tbf"

@@ -249,6 +249,16 @@ class Classifier:
         empty = np.zeros((0, 3), np.float32)
         return [p if p is not None else Prediction([], 0, True, empty) for p in out]
 
+    def probabilities(self, strokes_list: Sequence[Sequence]) -> np.ndarray:
+        """Calibrated class probabilities [N, C] for many drawings (the path `predict` takes).
+
+        A drawing with no step for the model to read gets a row of NaN.
+        """
+        steps, lengths, kept = encode_batch(strokes_list, self.encoding, self.infer_rules)
+        out = np.full((len(strokes_list), len(self.classes)), np.nan, np.float32)
+        out[kept] = self._probabilities(steps, lengths)
+        return out
+
     def _probabilities(self, steps: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Softmax(logits / temperature) for encoded drawings, in their given order."""
         n = len(lengths)
