@@ -248,7 +248,9 @@ def test_no_threshold_never_announces(clf, tiny_ckpt, tmp_path):
         guess = session.predict()
         assert not guess.confident and guess.announced is None
     # a card without a threshold: the same
-    plain = Classifier.load(with_card(tiny_ckpt, tmp_path / "plain.pt", name="plain", announce_threshold=None))
+    plain = Classifier.load(
+        with_card(tiny_ckpt, tmp_path / "plain.pt", name="plain", announce_threshold=None)
+    )
     assert plain.announce_threshold is None and plain.name == "plain"
 
 
