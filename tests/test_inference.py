@@ -189,6 +189,78 @@ def test_stream_equals_predict(clf):
         session.add_point(3, 4, 10)
 
 
+def with_card(src: Path, dst: Path, **card) -> Path:
+    """A copy of checkpoint `src` whose model card holds `card` (name, announce_threshold, test, ...)."""
+    from doodle_rnn.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(src)
+    ckpt["card"] = card
+    save_checkpoint(ckpt, dst)
+    return dst
+
+
+def test_stream_announces_the_first_confident_guess_and_keeps_it(clf, tiny_ckpt, tmp_path):
+    raw = raw_drawings(1, ("cat",))[0]["drawing"]
+    assert len(raw) >= 3
+    tops = [clf.predict(raw[: i + 1])[0] for i in range(len(raw))]
+    # a threshold the drawing reaches at its second-best stroke prefix: confident there, not everywhere
+    threshold = sorted(p for _, p in tops)[-2]
+    first = next(i for i, (_, p) in enumerate(tops) if p >= threshold)
+    model = Classifier.load(with_card(tiny_ckpt, tmp_path / "card.pt", name="tiny-card",
+                                      announce_threshold=threshold))  # fmt: skip
+    assert model.announce_threshold == threshold
+    assert model.info["card"]["announce_threshold"] == threshold and model.info["name"] == "tiny-card"
+
+    session = model.stream()
+    empty = session.predict()
+    assert empty == [] and not empty.confident and empty.announced is None
+    for i, (xs, ys, ts) in enumerate(raw):
+        for x, y, t in zip(xs, ys, ts, strict=True):
+            session.add_point(x, y, t)
+        session.end_stroke()
+        guess = session.predict()
+        assert guess == clf.predict(raw[: i + 1])  # still the plain list of (class, prob)
+        assert isinstance(guess, list) and guess.confident == (guess[0][1] >= threshold)
+        # announced from the first confident stroke on, and never changed afterwards
+        assert guess.announced == (tops[first][0] if i >= first else None)
+    assert session.announced == tops[first][0]
+    session.undo()
+    assert session.predict().announced == tops[first][0]  # undo keeps what was said
+    session.clear()
+    assert session.announced is None and session.predict().announced is None
+    for xs, ys, ts in raw[: first + 1]:  # a new drawing is announced afresh
+        for x, y, t in zip(xs, ys, ts, strict=True):
+            session.add_point(x, y, t)
+        session.end_stroke()
+    assert session.predict().announced == tops[first][0]
+    while session.strokes:  # undoing every stroke empties the drawing: nothing stays announced
+        session.undo()
+    assert session.announced is None
+
+
+def test_no_threshold_never_announces(clf, tiny_ckpt, tmp_path):
+    assert clf.announce_threshold is None and clf.info["card"] == {} and clf.info["name"] == "tiny"
+    session = clf.stream()
+    for xs, ys, ts in raw_drawings(1, ("cat",))[0]["drawing"]:
+        for x, y, t in zip(xs, ys, ts, strict=True):
+            session.add_point(x, y, t)
+        session.end_stroke()
+        guess = session.predict()
+        assert not guess.confident and guess.announced is None
+    # a card without a threshold: the same
+    plain = Classifier.load(
+        with_card(tiny_ckpt, tmp_path / "plain.pt", name="plain", announce_threshold=None)
+    )
+    assert plain.announce_threshold is None and plain.name == "plain"
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.5, "0.9", True, float("nan")])
+def test_bad_threshold_is_a_clear_error(tiny_ckpt, tmp_path, bad):
+    path = with_card(tiny_ckpt, tmp_path / "bad.pt", announce_threshold=bad)
+    with pytest.raises(InferenceError, match=r"bad\.pt: card\.announce_threshold"):
+        Classifier.load(path)
+
+
 def test_model_view_is_what_the_model_reads(clf):
     raw = raw_drawings(1, ("apple",))[0]["drawing"]
     view = clf.model_view(raw)

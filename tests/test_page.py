@@ -2,20 +2,24 @@
 
 A real raw Quick, Draw! capture is replayed as mouse pointer events on the canvas; the page must show
 exactly what the API answers for the strokes the page itself captured (read back from
-`window.doodle.strokes` and POSTed by the test), and undo, clear and the game must work.
+`window.doodle.strokes` and POSTed by the test), and undo, clear and the game must work. With a model
+that announces ("I know: it's a cow!"), the call must come from the API's own answer crossing the
+model's threshold, before the drawing's last stroke, and win the game round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from test_inference import build_tiny_checkpoint, raw_drawings
+from test_inference import build_tiny_checkpoint, raw_drawings, with_card
 from test_server import running_server
 
 from doodle_rnn.data.synthetic import generate
+from doodle_rnn.inference import Classifier
 from doodle_rnn.server.app import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -30,9 +34,40 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory) -> Iterator[str]:
-    ckpt = build_tiny_checkpoint(tmp_path_factory.mktemp("page") / "tiny.pt")
-    with running_server(create_app(ckpt)) as url:
+def tiny(tmp_path_factory) -> Path:
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("page") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny) -> Iterator[str]:
+    with running_server(create_app(tiny)) as url:  # no model card: the page never announces
+        yield url
+
+
+@pytest.fixture(scope="module")
+def announcing(tiny, tmp_path_factory) -> tuple[Path, list]:
+    """A model that announces, and a real raw drawing it can announce before the last stroke.
+
+    The swap point for the real shipped model: return `(doodle_rnn.models.shipped_path("animals10"),
+    a raw drawing of one of its classes)` and the tests below run unchanged, with its card's threshold.
+    Here the model is the tiny one trained on synthetic shapes, which is not confident on real drawings,
+    so it gets a card whose threshold the drawing's own stroke prefixes reach before its last stroke
+    (computed with `Classifier.predict` on those prefixes, less 2%: the page captures the drawing
+    re-scaled to its canvas). These tests therefore check the page's logic (announce once the API's
+    top probability reaches the model's threshold, before the drawing ends, and win the round with
+    it), not the model's quality.
+    """
+    drawing = raw_drawings(1, ("cat",))[0]["drawing"]
+    clf = Classifier.load(tiny)
+    best = max(clf.predict(drawing[:k], 1)[0][1] for k in range(1, len(drawing)))
+    test = {"top1": 0.5, "top3": 0.8, "n_drawings": 1234, "data": "synthetic shapes"}
+    path = tmp_path_factory.mktemp("announcing") / "tiny.pt"
+    return with_card(tiny, path, name="tiny-announcer", announce_threshold=best * 0.98, test=test), drawing
+
+
+@pytest.fixture(scope="module")
+def announcing_url(announcing) -> Iterator[str]:
+    with running_server(create_app(announcing[0])) as url:
         yield url
 
 
@@ -48,27 +83,43 @@ def browser():
             b.close()
 
 
-@pytest.fixture
-def page(browser, base_url):
+@contextmanager
+def open_page(browser, url: str):
     ctx = browser.new_context(viewport={"width": 1100, "height": 760})
     p = ctx.new_page()
     errors: list[str] = []
     p.on("pageerror", lambda e: errors.append(str(e)))
-    p.goto(base_url + "/")
+    p.goto(url + "/")
     p.wait_for_selector("#canvas")
+    p.evaluate("window.doodle.modelLoaded")  # the model's name and threshold are known
     yield p
     ctx.close()
     assert not errors, errors
 
 
-def replay(page, strokes: list) -> None:
-    """Draw `strokes` (any coordinate scale) as pointer events, fitted into the canvas with a margin."""
+@pytest.fixture
+def page(browser, base_url):
+    with open_page(browser, base_url) as p:
+        yield p
+
+
+@pytest.fixture
+def announcing_page(browser, announcing_url):
+    with open_page(browser, announcing_url) as p:
+        yield p
+
+
+def replay(page, strokes: list, after_stroke: Callable[[int], bool] | None = None) -> None:
+    """Draw `strokes` (any coordinate scale) as pointer events, fitted into the canvas with a margin.
+
+    after_stroke(i) runs once stroke i is drawn (the pen lifted); returning True stops the drawing there.
+    """
     box = page.locator("#canvas").bounding_box()
     xs = [x for s in strokes for x in s[0]]
     ys = [y for s in strokes for y in s[1]]
     span = max(max(xs) - min(xs), max(ys) - min(ys), 1)
     scale = (min(box["width"], box["height"]) - 60) / span
-    for s in strokes:
+    for i, s in enumerate(strokes):
         pts = [
             (box["x"] + 30 + (x - min(xs)) * scale, box["y"] + 30 + (y - min(ys)) * scale)
             for x, y in zip(s[0], s[1], strict=True)
@@ -78,6 +129,8 @@ def replay(page, strokes: list) -> None:
         for p in pts[1:]:
             page.mouse.move(*p)
         page.mouse.up()
+        if after_stroke and after_stroke(i):
+            return
 
 
 def shown(page) -> list[tuple[str, float]]:
@@ -85,6 +138,24 @@ def shown(page) -> list[tuple[str, float]]:
     rows = page.locator("[data-testid^=guess-]")
     return [(rows.nth(i).get_attribute("data-class"), float(rows.nth(i).get_attribute("data-probability")))
             for i in range(rows.count())]  # fmt: skip
+
+
+def record_texts(page, *ids: str) -> None:
+    """From now on keep every text the elements `ids` show in `window.shownTexts[id]`.
+
+    A won round's message lasts a few seconds before the next round; on a loaded machine a replayed
+    stroke can take longer than that, so the tests check what was shown, not what is still there.
+    """
+    page.evaluate(
+        """ids => { window.shownTexts = {}; for (const id of ids) { const el = document.getElementById(id);
+        window.shownTexts[id] = []; new MutationObserver(() => window.shownTexts[id].push(el.textContent))
+        .observe(el, {childList: true, characterData: true, subtree: true}); } }""",
+        list(ids),
+    )
+
+
+def shown_texts(page, id_: str) -> list[str]:
+    return page.evaluate("id => window.shownTexts[id]", id_)
 
 
 def settle(page) -> list:
@@ -115,6 +186,10 @@ def test_replayed_real_drawing_shows_the_api_answer(page, base_url):
     first = page.locator("[data-testid=guess-0]")
     assert first.locator(".guess-prob").inner_text() == f"{want[0][1] * 100:.1f}%"
     assert page.locator("[data-testid=stroke-count]").inner_text() == f"{len(drawing)} strokes"
+    # no model card: the file name only, and never an announcement
+    assert page.locator("[data-testid=model-info]").inner_text() == "Model: tiny"
+    assert not page.locator("[data-testid=announce]").is_visible()
+    assert page.evaluate("window.doodle.announced") is None
     # the model view was drawn from the API's model_view
     inked = page.evaluate(
         "(() => { const c = document.getElementById('model-view');"
@@ -153,14 +228,99 @@ def test_game_round_scores_when_the_model_guesses_the_target(page, base_url):
 
     page.evaluate("t => window.doodle.playRound(t)", target)
     assert page.locator("[data-testid=game-target]").inner_text() == target
-    replay(page, shape)
+    record_texts(page, "game-message")
+    # draw like a player: stop once the round is won (the page starts the next round a few seconds later)
+    replay(page, shape, lambda i: page.evaluate("window.doodle.game.score") == 1)
     page.wait_for_function("window.doodle.game.score === 1", timeout=15_000)
-    assert "Yes" in page.locator("[data-testid=game-message]").inner_text()
+    assert any(m.startswith(f"Yes, it's {target}!") for m in shown_texts(page, "game-message"))
     assert page.locator("[data-testid=game-score]").inner_text() == "1"
     page.screenshot(path=str(ARTIFACTS / "page-game.png"), full_page=True)
     page.wait_for_function("window.doodle.game.attempts === 4", timeout=10_000)  # next round follows a hit
     page.click("[data-testid=mode-free]")
     assert not page.locator("[data-testid=game]").is_visible()
+
+
+def with_article(name: str) -> str:
+    return name if name.lower().startswith("the ") else ("an " if name[0].lower() in "aeiou" else "a ") + name
+
+
+def test_announces_before_the_last_stroke(announcing_page, announcing_url, announcing):
+    page, drawing = announcing_page, announcing[1]
+    card = httpx.get(announcing_url + "/api/model", timeout=30).json()["card"]
+    threshold = card["announce_threshold"]
+    assert page.evaluate("window.doodle.model.threshold") == threshold
+    info = page.locator("[data-testid=model-info]").inner_text()
+    name = httpx.get(announcing_url + "/api/model", timeout=30).json()["name"]
+    assert info.startswith(f"Model: {name}")
+    if card.get("test"):
+        n = card["test"]["n_drawings"]
+        assert f"test top-1 {card['test']['top1'] * 100:.1f}% on {n:,} real drawings" in info
+
+    announce = page.locator("[data-testid=announce]")
+    visible_after: list[bool] = []  # per stroke, once the page has the answer for the drawing so far
+
+    def after_stroke(i: int) -> bool:
+        settle(page)
+        visible_after.append(announce.is_visible())
+        if visible_after[-1] and visible_after.count(True) == 1:  # the moment it was called
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "page-announce.png"), full_page=True)
+        return False
+
+    replay(page, drawing, after_stroke)
+    assert True in visible_after, f"never announced (threshold {threshold})"
+    first = visible_after.index(True)
+    assert first < len(drawing) - 1, "announced only once the last stroke was drawn"
+    assert all(visible_after[first:])  # once called, it stays for the rest of the drawing
+
+    # the call is the API's own answer, for a prefix of what was drawn, at or above the threshold
+    called = page.evaluate("window.doodle.announced")
+    strokes = settle(page)
+    assert called["strokes"] <= first + 1 and called["drawing"] == [
+        s if i < called["strokes"] - 1 else [c[: len(called["drawing"][i][0])] for c in s]
+        for i, s in enumerate(strokes[: called["strokes"]])
+    ]
+    cls, prob = api_top(announcing_url, called["drawing"])[0]
+    assert (cls, prob) == (called["class"], pytest.approx(called["probability"], abs=1e-9))
+    assert prob >= threshold
+    assert called["points"] == sum(len(s[0]) for s in called["drawing"])
+    assert announce.inner_text() == f"I know: it's {with_article(cls)}!"
+
+    page.click("[data-testid=undo]")  # what was said was said: undo keeps the call
+    settle(page)
+    assert announce.is_visible() and announce.get_attribute("data-class") == cls
+    page.click("[data-testid=clear]")  # a new drawing: no call
+    settle(page)
+    assert not announce.is_visible() and page.evaluate("window.doodle.announced") is None
+
+
+def test_game_round_is_won_the_moment_the_target_is_announced(announcing_page, announcing_url, announcing):
+    page, drawing = announcing_page, announcing[1]
+    threshold = page.evaluate("window.doodle.model.threshold")
+    # the class the model will call for this drawing, stroke by stroke as a player draws
+    prefixes = [api_top(announcing_url, drawing[: k + 1])[0] for k in range(len(drawing))]
+    target = next(c for c, p in prefixes if p >= threshold * 0.99)
+
+    page.click("[data-testid=mode-game]")
+    page.wait_for_function("window.doodle.game.active && window.doodle.game.attempts === 1")
+    page.evaluate("t => window.doodle.playRound(t)", target)
+    assert page.locator("[data-testid=game-target]").inner_text() == target
+    record_texts(page, "game-message", "announce", "game-avg")
+
+    def after_stroke(i: int) -> bool:
+        settle(page)
+        return page.evaluate("window.doodle.game.score") == 1  # won: the player stops drawing
+
+    replay(page, drawing, after_stroke)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "page-game-announce.png"), full_page=True)
+    (won,) = page.evaluate("window.doodle.game.rounds")
+    assert won["target"] == target and won["strokes"] < len(drawing)  # before the last stroke
+    assert won["points"] < sum(len(s[0]) for s in drawing) and 0 <= won["seconds"] < 20
+    said = f"Yes, it's {target}! Got it after {won['seconds']:.1f} s, {won['points']} points"
+    assert any(m.startswith(said) for m in shown_texts(page, "game-message"))
+    assert f"I know: it's {with_article(target)}!" in shown_texts(page, "announce")
+    assert f"{won['seconds']:.1f} s" in shown_texts(page, "game-avg")
 
 
 def test_api_docs_render_offline(browser, base_url):

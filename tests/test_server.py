@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_inference import build_tiny_checkpoint, raw_drawings
+from test_inference import build_tiny_checkpoint, raw_drawings, with_card
 
 from doodle_rnn.data.synthetic import SHAPES, generate
 from doodle_rnn.inference import Classifier
@@ -77,6 +77,8 @@ def test_info_endpoints_and_docs(http):
     assert model["classes"] == list(SHAPES) and model["encoding"] == "stroke3"
     assert model["metrics"] == {"val_acc": 0.5} and model["version"] and model["backend"] == "onnx"
     assert model["limits"]["max_strokes"] == LIMITS.max_strokes
+    assert model["name"] == "tiny" and model["card"] == {}  # no card: the file's stem, nothing announced
+    assert "source" not in model  # a server path is nobody's business
     docs = http.get("/docs")
     assert docs.status_code == 200 and "/openapi.json" in docs.text
     assert "https://" not in docs.text  # every asset from this server: the docs work offline
@@ -88,6 +90,14 @@ def test_info_endpoints_and_docs(http):
     page = http.get("/")
     assert page.status_code == 200 and 'id="canvas"' in page.text
     assert http.get("/static/app.js").status_code == 200
+
+
+def test_model_card_is_served(ckpt, tmp_path):
+    card = {"name": "animals-test", "announce_threshold": 0.8,
+            "test": {"top1": 0.948, "top3": 0.99, "n_drawings": 4897, "data": "real drawings"}}  # fmt: skip
+    with running_server(create_app(with_card(ckpt, tmp_path / "carded.pt", **card))) as url:
+        model = httpx.get(url + "/api/model", timeout=30).json()
+    assert model["card"] == card and model["name"] == "animals-test"
 
 
 def test_predict_raw_drawing_matches_the_library(http, clf):

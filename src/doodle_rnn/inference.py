@@ -18,6 +18,11 @@ drawing with at least one step (`Prediction.short` says when it was below `min_l
 is less reliable), and keeps the first `max_len` steps exactly as training did. Even a single tap
 gives one step (normalisation turns it into a zero-length stroke, as in Google's files); should a
 drawing ever reach the model with no step at all, its prediction is an empty list, never an exception.
+
+Announcing ("I know: it's a cow!"). A shipped model's card may carry `announce_threshold`, chosen on the
+validation split so that a guess whose calibrated top-1 probability reaches it is right at least 95% of
+the time. `Classifier.announce_threshold` exposes it (None: the model never announces), and a stream's
+`predict()` says whether its guess is confident and which class the drawing has been announced as.
 """
 
 from __future__ import annotations
@@ -60,6 +65,24 @@ class Prediction:
     features: np.ndarray = field(repr=False)  # float32 [steps, 3], exactly what the model read
 
 
+class StreamGuess(list):
+    """`StreamSession.predict()`'s answer: the (class, probability) list, best first, plus the announcement.
+
+    confident: the top probability reaches the model's `announce_threshold` (never, without one).
+    announced: the class this drawing was announced as: the first confident guess since the drawing
+        started (or was cleared). It stays through later strokes and undo, like the game's "I know: it's
+        a cow!", which is never taken back; None until then.
+    """
+
+    confident: bool
+    announced: str | None
+
+    def __init__(self, top=(), confident: bool = False, announced: str | None = None):
+        super().__init__(top)
+        self.confident = confident
+        self.announced = announced
+
+
 class _OrtBackend:
     name = "onnx"
 
@@ -95,6 +118,16 @@ class _TorchBackend:
             return self.model(torch.from_numpy(x), torch.from_numpy(lengths)).numpy()
 
 
+def _announce_threshold(card: dict, source: str) -> float | None:
+    t = card.get("announce_threshold") if isinstance(card, dict) else None
+    if t is None:
+        return None
+    if type(t) not in (int, float) or not 0 < t <= 1:
+        where = f"{source}: " if source else ""
+        raise InferenceError(f"{where}card.announce_threshold must be a number in (0, 1], not {t!r}")
+    return float(t)
+
+
 def _pad(steps: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The shared padding path (`encode.pad_steps`, which `batches.pad_features` wraps for training)."""
     return pad_steps(steps, lengths)
@@ -113,6 +146,7 @@ class Classifier:
         self.temperature = float(meta.get("temperature", 1.0)) or 1.0
         self._meta = meta
         self.source = source
+        self._announce = _announce_threshold(meta.get("card") or {}, source)
         self.chunk = DEFAULT_CHUNK
         self._pool = None
         self._threads = max(1, min(4, os.cpu_count() or 1))  # a batch runs this many chunks at once
@@ -190,9 +224,21 @@ class Classifier:
         return self._backend.name
 
     @property
+    def announce_threshold(self) -> float | None:
+        """Calibrated top-1 probability from which a guess is announced (the model card's), or None."""
+        return self._announce
+
+    @property
+    def name(self) -> str:
+        """The model card's name, else the file's stem ("" for a model built in memory)."""
+        card = self._meta.get("card") or {}
+        return str(card.get("name") or (Path(self.source).stem if self.source else ""))
+
+    @property
     def info(self) -> dict:
         m = self._meta
         return {
+            "name": self.name,
             "classes": list(self.classes),
             "encoding": self.encoding,
             "encoding_version": m.get("encoding_version", 1),
@@ -204,7 +250,7 @@ class Classifier:
             "quantization": m.get("quantization", "none"),
             "backend": self.backend,
             "source": self.source,
-            "card": m.get("card", {}),
+            "card": dict(m.get("card") or {}),
         }
 
     # ----------------------------------------------------------------------------- prediction
@@ -316,6 +362,11 @@ class StreamSession:
     scale change as it grows), so there is no state to carry forward honestly: each `predict()` runs
     the full path on the strokes so far, which is what makes it equal `Classifier.predict` on the same
     strokes. The answer is cached until the drawing changes.
+
+    The announcement (`StreamGuess.announced`) is the one piece of state: the first confident answer
+    `predict()` gave for this drawing. Only answers that were asked for count (as on the page, which
+    announces from the answers it received). It stays through further strokes and `undo()`, and is
+    forgotten when the drawing is emptied (`clear()`, or undoing its last stroke).
     """
 
     def __init__(self, clf: Classifier):
@@ -325,6 +376,7 @@ class StreamSession:
         self._timed: bool | None = None
         self._cache: tuple[int, int, list] | None = None
         self._version = 0
+        self._announced: str | None = None
 
     def add_point(self, x: float, y: float, t: float | None = None) -> None:
         timed = t is not None
@@ -346,27 +398,42 @@ class StreamSession:
         self._open = False
 
     def undo(self) -> None:
-        """Remove the last stroke (the page's undo button)."""
+        """Remove the last stroke (the page's undo button). An announcement stays unless nothing is left."""
         if self._strokes:
             self._strokes.pop()
             self._open = False
             self._version += 1
+            if not self._strokes:
+                self._announced = None
 
     def clear(self) -> None:
+        """Start a new drawing (and forget its announcement)."""
         self._strokes.clear()
         self._open = False
         self._timed = None
+        self._announced = None
         self._version += 1
 
     @property
     def strokes(self) -> list[list[list[float]]]:
         return [[list(c) for c in s] for s in self._strokes]
 
-    def predict(self, top_k: int = 3) -> list[tuple[str, float]]:
+    @property
+    def announced(self) -> str | None:
+        """The class this drawing has been announced as (see the class docstring), or None."""
+        return self._announced
+
+    def predict(self, top_k: int = 3) -> StreamGuess:
+        """Top-k (class, probability) for the drawing so far, with `confident` and `announced` (StreamGuess)."""
         if not self._strokes:
-            return []
+            return StreamGuess([], False, self._announced)
         if self._cache and self._cache[0] == self._version and self._cache[1] == top_k:
-            return list(self._cache[2])
-        top = self.clf.predict(self._strokes, top_k)
-        self._cache = (self._version, top_k, top)
-        return list(top)
+            top = self._cache[2]
+        else:
+            top = self.clf.predict(self._strokes, top_k)
+            self._cache = (self._version, top_k, top)
+        threshold = self.clf.announce_threshold
+        confident = bool(top) and threshold is not None and top[0][1] >= threshold
+        if confident and self._announced is None:
+            self._announced = top[0][0]
+        return StreamGuess(top, confident, self._announced)

@@ -356,7 +356,8 @@ def create_app(checkpoint_path: str | Path, limits: Limits | None = None, backen
 
     @app.get("/api/model")
     async def model() -> dict:
-        """What the model is: classes, encoding, length rules, temperature, metrics, version, backend."""
+        """What the model is: name, classes, encoding, length rules, temperature, metrics, version, backend,
+        and its card (test accuracy on real drawings, `announce_threshold` for "I know: it's a cow!")."""
         info = clf.info
         info.pop("source", None)  # a server path is nobody's business
         return {**info, "limits": asdict(limits)}

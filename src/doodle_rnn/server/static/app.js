@@ -3,11 +3,23 @@
 // Nothing here preprocesses a drawing: the server normalises and encodes exactly as training did, so
 // the page only records what the pointer did (CSS pixels of the canvas, milliseconds since the first
 // point) and displays what the API answers, including the drawing as the model saw it.
+//
+// Announcing, like the game. A model whose card has `announce_threshold` (chosen on the validation
+// split so that a call is right at least 95% of the time) makes a call once the top guess's calibrated
+// probability, as the API returns it, reaches that threshold: "I know: it's a cow!". It is made once
+// per drawing, from the first such answer, and stays while the drawing goes on, including through undo
+// (what was said was said); it goes when the drawing is emptied (Clear, undoing every stroke, a new
+// game round). Without a threshold the page never announces and says nothing about it.
+// In the game only the target is announced (a sure but wrong guess just leads the list, as in Quick,
+// Draw!), and the round is won the moment it is; the score keeps how much drawing that took (seconds
+// since the first point and points drawn). A model without a threshold wins when the top guess is the
+// target, as before.
 "use strict";
 
 (() => {
   const THROTTLE_MS = 250; // at most one guess request this often while a stroke is being drawn
   const GAME_SECONDS = 20;
+  const ROUND_PAUSE_MS = 3000; // time to read how the round went before the next one starts
 
   const $ = (id) => document.getElementById(id);
   const canvas = $("canvas");
@@ -31,6 +43,11 @@
   let lastResult = null;
   let lastSentStrokes = null;
   let idleWaiters = [];
+
+  // ---------------------------------------------------------------- the model and its announcement
+  const model = { name: "", threshold: null, card: {} };
+  let drawingId = 0; // bumps whenever the drawing is emptied: answers for an older drawing never announce
+  let announced = null; // {class, probability, strokes, points, seconds, drawing}: this drawing's call
 
   function payloadStrokes() {
     return strokes.filter((s) => s.x.length > 0).map((s) => [s.x.slice(), s.y.slice(), s.t.slice()]);
@@ -153,6 +170,7 @@
     }
     const sent = payloadStrokes();
     const sentVersion = version;
+    const sentDrawing = drawingId;
     if (!sent.length) {
       showGuesses(null, sentVersion);
       settleIdle();
@@ -176,6 +194,7 @@
         lastSentStrokes = sent;
         lastResult = body;
         showGuesses(body, sentVersion);
+        if (sentDrawing === drawingId) judge(body, sent);
       }
     } catch (e) {
       shownVersion = sentVersion;
@@ -235,7 +254,94 @@
     else if (body.short) setStatus(`Only ${body.steps} steps so far: keep drawing for a surer guess.`, false);
     else setStatus(`I'm ${(top.probability * 100).toFixed(0)}% sure it's ${top.class}.`, false);
     drawModelView(body.model_view || []);
-    if (game.active && top && top.class === game.target) gameWon();
+  }
+
+  /** Announce, and win a game round, from an API answer for the strokes `sent` of the current drawing. */
+  function judge(body, sent) {
+    const top = body.top[0];
+    if (!top) return;
+    if (model.threshold === null) {
+      if (game.active && top.class === game.target) gameWon(measure(sent)); // no threshold: the old rule
+      return;
+    }
+    if (top.probability < model.threshold || announced) return;
+    if (game.active && (top.class !== game.target || game.won)) return;
+    announce(top, sent);
+    if (game.active) gameWon(announced);
+  }
+
+  /** How much drawing an answer was given for: strokes, points, seconds since the first point. */
+  function measure(sent) {
+    const last = sent[sent.length - 1][2];
+    return {
+      strokes: sent.length,
+      points: sent.reduce((n, s) => n + s[0].length, 0),
+      seconds: last[last.length - 1] / 1000,
+    };
+  }
+
+  function announce(top, sent) {
+    announced = { class: top.class, probability: top.probability, ...measure(sent), drawing: sent };
+    const el = $("announce");
+    el.textContent = `I know: it's ${withArticle(top.class)}!`;
+    el.dataset.class = top.class;
+    el.dataset.strokes = String(announced.strokes);
+    el.classList.toggle("hit", game.active);
+    el.hidden = false;
+  }
+
+  function forgetAnnouncement() {
+    drawingId++;
+    announced = null;
+    const el = $("announce");
+    el.hidden = true;
+    el.textContent = "";
+    delete el.dataset.class;
+    delete el.dataset.strokes;
+  }
+
+  function withArticle(name) {
+    if (/^the\s/i.test(name)) return name;
+    return `${/^[aeiou]/i.test(name) ? "an" : "a"} ${name}`;
+  }
+
+  async function loadModel() {
+    let info;
+    try {
+      const res = await fetch("/api/model");
+      if (!res.ok) return;
+      info = await res.json();
+    } catch (e) {
+      return; // the guesses report an unreachable server
+    }
+    const card = info.card || {};
+    const t = card.announce_threshold;
+    model.name = info.name || "";
+    model.card = card;
+    model.threshold = typeof t === "number" && t > 0 && t <= 1 ? t : null;
+    $("model-info").textContent = modelLine(model.name, card.test, model.threshold);
+    const details = [];
+    if (card.test && card.test.data) details.push(`test data: ${card.test.data}`);
+    if (card.test && typeof card.test.top3 === "number") details.push(`top-3 ${pct(card.test.top3)}`);
+    if (model.threshold !== null) {
+      details.push(`says "I know" once its top guess is at least ${pct(model.threshold)} sure ` +
+        "(a threshold chosen on validation drawings so that such calls are right 95% of the time)");
+    }
+    $("model-info").title = details.join("; ");
+  }
+
+  function modelLine(name, test, threshold) {
+    let line = `Model: ${name || "unnamed"}`;
+    if (test && typeof test.top1 === "number") {
+      line += ` · test top-1 ${pct(test.top1)}`;
+      if (typeof test.n_drawings === "number") line += ` on ${test.n_drawings.toLocaleString("en-US")} real drawings`;
+    }
+    if (threshold !== null) line += ` · says "I know" at ${pct(threshold)}`;
+    return line;
+  }
+
+  function pct(p) {
+    return `${(p * 100).toFixed(1)}%`;
   }
 
   function drawModelView(view) {
@@ -271,7 +377,10 @@
   function undo() {
     if (activePointer !== null || !strokes.length) return;
     strokes.pop();
-    if (!strokes.length) t0 = null;
+    if (!strokes.length) {
+      t0 = null;
+      forgetAnnouncement(); // nothing left: a new drawing
+    }
     version++;
     redraw();
     schedulePredict(true);
@@ -281,6 +390,7 @@
     if (activePointer !== null) return;
     strokes = [];
     t0 = null;
+    forgetAnnouncement();
     version++;
     redraw();
     schedulePredict(true);
@@ -296,7 +406,10 @@
   });
 
   // ---------------------------------------------------------------- game mode
-  const game = { active: false, target: null, classes: [], score: 0, attempts: 0, deadline: 0, timer: null, won: false };
+  const game = {
+    active: false, target: null, classes: [], score: 0, attempts: 0, deadline: 0, timer: null, won: false,
+    rounds: [], // the rounds won: {target, seconds, points, strokes} at the moment the model got it
+  };
 
   async function loadClasses() {
     if (game.classes.length) return game.classes;
@@ -310,6 +423,7 @@
     game.active = true;
     game.score = 0;
     game.attempts = 0;
+    game.rounds = [];
     $("game").hidden = false;
     nextRound();
   }
@@ -345,23 +459,30 @@
     if (left === 0 && !game.won) {
       clearInterval(game.timer);
       $("game-message").textContent = `Time's up! It was ${game.target}.`;
-      setTimeout(() => game.active && nextRound(), 1500);
+      setTimeout(() => game.active && nextRound(), ROUND_PAUSE_MS);
     }
   }
 
-  function gameWon() {
-    if (game.won) return;
+  function gameWon(at) {
+    if (game.won || performance.now() > game.deadline) return; // time's up: too late
     game.won = true;
     game.score++;
+    game.rounds.push({ target: game.target, seconds: at.seconds, points: at.points, strokes: at.strokes });
     clearInterval(game.timer);
     updateGameStats();
-    $("game-message").textContent = `Yes, it's ${game.target}!`;
-    setTimeout(() => game.active && nextRound(), 1500);
+    const s = at.strokes === 1 ? "" : "s";
+    $("game-message").textContent =
+      `Yes, it's ${game.target}! Got it after ${at.seconds.toFixed(1)} s, ${at.points} points (${at.strokes} stroke${s}).`;
+    setTimeout(() => game.active && nextRound(), ROUND_PAUSE_MS);
   }
 
   function updateGameStats() {
     $("game-score").textContent = String(game.score);
     $("game-attempts").textContent = String(game.attempts);
+    const won = game.rounds;
+    $("game-avg").textContent = won.length
+      ? `${(won.reduce((a, r) => a + r.seconds, 0) / won.length).toFixed(1)} s`
+      : "–";
   }
 
   function setMode(mode) {
@@ -391,7 +512,18 @@
       return lastSentStrokes;
     },
     get game() {
-      return { active: game.active, target: game.target, score: game.score, attempts: game.attempts };
+      return {
+        active: game.active, target: game.target, score: game.score, attempts: game.attempts,
+        rounds: game.rounds.map((r) => ({ ...r })),
+      };
+    },
+    /** The model: name, card, announce threshold (null: never announces); set once /api/model answered. */
+    get model() {
+      return { ...model };
+    },
+    /** This drawing's announcement: class, probability, strokes, points, seconds and the strokes it was for. */
+    get announced() {
+      return announced && { ...announced };
     },
     undo,
     clear: clearDrawing,
@@ -411,4 +543,5 @@
 
   window.addEventListener("resize", resizeCanvas);
   resizeCanvas();
+  window.doodle.modelLoaded = loadModel();
 })();
