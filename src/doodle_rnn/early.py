@@ -31,7 +31,8 @@ files), but prefixes need strokes. The honest source is the drawing itself: its 
 manifest names its source files; `doodle eval` on files has them), found by `key_id`. Every recovered
 drawing is checked by encoding it whole and comparing with the steps the evaluation used; one that does
 not reproduce them is not used. Without the source files, a `stroke3` drawing is decoded from its steps
-(`encode.features_to_strokes`: exact up to a shift, which normalisation removes; checked the same way).
+(`encode.features_to_strokes`: exact up to a shift, which normalisation removes; checked the same way;
+a drawing longer than the `max_len` rule comes back cut to the steps the model read).
 A `reference` drawing cannot be: its encoding drops the pen-up move between strokes, so decoding glues
 every stroke to the end of the previous one and a prefix of that is a different drawing; such drawings
 are left out and counted.

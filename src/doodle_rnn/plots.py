@@ -247,7 +247,7 @@ def plot_early_guessing(early: dict, path: Path) -> Path:
     for name, color in (("top1", "#1f77b4"), ("top3", "#2ca02c")):
         label = "top-1" if name == "top1" else "top-3"
         pts = sorted((float(k), v[name]) for k, v in early["points"].items())
-        ax.plot([0] + [p for p, _ in pts], [0] + [v for _, v in pts], "-o", color=color, lw=1.8, ms=4,
+        ax.plot([p for p, _ in pts], [v for _, v in pts], "-o", color=color, lw=1.8, ms=4,
                 label=f"{label}, first share of points")  # fmt: skip
         sts = sorted((float(k), v[name]) for k, v in early["strokes"].items())
         ax.plot([p for p, _ in sts], [v for _, v in sts], "s--", color=color, lw=1, ms=7, mfc="white",
@@ -274,7 +274,7 @@ def plot_early_guessing(early: dict, path: Path) -> Path:
         axr.axvline(ttr["median_share"], color="black", ls="--", lw=1,
                     label=f"median over recognised: {ttr['median_share']:.0%} of points")  # fmt: skip
     axr.axhline(1 - ttr["never_recognised"], color="#d62728", ls=":", lw=1,
-                label=f"never recognised: {ttr['never_recognised']:.1%}")  # fmt: skip
+                label=f"recognised at 100%: {1 - ttr['never_recognised']:.1%} (never: {ttr['never_recognised']:.1%})")  # fmt: skip
     axr.set_xlim(0, 1.02)
     axr.set_ylim(0, 1.02)
     axr.xaxis.set_major_formatter(PercentFormatter(1.0))
