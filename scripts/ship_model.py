@@ -57,8 +57,7 @@ def main() -> None:
 
     from doodle_rnn.calibrate import calibrate_checkpoint
     from doodle_rnn.checkpoint import load_checkpoint, save_checkpoint
-    from doodle_rnn.data.prefixes import POINT_SHARES
-    from doodle_rnn.early import choose_threshold, prefix_probabilities
+    from doodle_rnn.early import choose_threshold, point_prefix_probabilities
     from doodle_rnn.evaluate import run_evaluation
     from doodle_rnn.inference import Classifier
 
@@ -76,7 +75,7 @@ def main() -> None:
             strokes, labels = strokes[: args.max_val], labels[: args.max_val]
         if classes != list(ckpt["classes"]):
             raise SystemExit("the cache's classes differ from the checkpoint's")
-        probs = prefix_probabilities(clf, strokes, POINT_SHARES, "points")
+        probs = point_prefix_probabilities(clf, strokes)
         announce = choose_threshold(probs, labels)
         print(f"announce threshold {announce['threshold']:.3f}: {json.dumps(announce)}", flush=True)
 

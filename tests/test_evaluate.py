@@ -29,7 +29,8 @@ from doodle_rnn.evaluate import compute_metrics, ece_bin_of, most_confused_pairs
 from doodle_rnn.model import GRUClassifier, ModelConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "quickdraw"
-PLOTS = ["confusion_matrix", "per_class_accuracy", "reliability", "confidence_histogram", "confused_pairs"]
+PLOTS = ["confusion_matrix", "per_class_accuracy", "reliability", "confidence_histogram", "confused_pairs",
+         "early_guessing"]  # fmt: skip
 
 
 def doodle(*args: str) -> subprocess.CompletedProcess:
@@ -185,6 +186,55 @@ def test_eval_cli_on_cache_writes_plots_summary_and_report(tiny, tmp_path):
     first = html.split("src='data:image/png;base64,", 1)[1].split("'", 1)[0]
     assert Image.open(io.BytesIO(base64.b64decode(first))).format == "PNG"
     assert f"{s['metrics']['top1'] * 100:.1f}%" in html
+
+
+def test_eval_early_guessing_in_summary_plot_and_report(tiny, tmp_path):
+    """The curve's keys are in summary.json; its 100% points are plain eval on the same drawings."""
+    out = tmp_path / "ev"
+    r = doodle("eval", "--checkpoint", str(tiny["ckpt"]), "--data", str(tiny["cache"]), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    eg = s["early_guessing"]
+    assert list(eg["strokes"]) == ["0.25", "0.5", "0.75", "1.0"]
+    assert list(eg["points"]) == [str(p / 100) for p in range(10, 101, 10)]
+    assert set(eg["points"]["0.5"]) == {"top1", "top3"}
+    ttr = eg["time_to_recognition"]
+    assert {"median_share", "never_recognised", "grid", "recognised_by"} <= set(ttr)
+    assert ttr["grid"] == [p / 100 for p in range(10, 101, 10)] and 0.1 <= ttr["median_share"] <= 1.0
+    n = s["n_drawings"]
+    assert eg["n_drawings"] == n and eg["strokes_from"] == {"source files": n, "decoded from the encoded steps (stroke3)": 0,
+                                                            "not recovered": 0}  # fmt: skip
+    top1 = s["metrics"]["top1"]
+    assert eg["points"]["1.0"]["top1"] == eg["strokes"]["1.0"]["top1"] == pytest.approx(top1, abs=1e-12)
+    assert eg["points"]["1.0"]["top3"] == pytest.approx(s["metrics"]["top3"], abs=1e-12)
+    assert eg["plain_eval_top1_same_drawings"] == pytest.approx(top1, abs=1e-12)
+    assert ttr["never_recognised"] == pytest.approx(1 - top1, abs=1e-12)
+    assert eg["points"]["0.1"]["top1"] < top1  # a tenth of a drawing is harder than all of it
+    assert (
+        Image.open(out / "early_guessing.png").format == "PNG"
+        and s["plots"]["early_guessing"] == "early_guessing.png"
+    )
+    html = (out / "report.html").read_text()
+    assert "Early guessing" in html and "first 25% of strokes" in html and "first 10% of points" in html
+    assert "early guessing on" in r.stdout
+
+    r = doodle("eval", "--checkpoint", str(tiny["ckpt"]), "--data", str(tiny["files"]), "--out", str(tmp_path / "f"),
+               "--early-max", "50")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "f" / "summary.json").read_text())
+    eg = s["early_guessing"]
+    assert eg["n_drawings"] == eg["drawings_sampled"] == 50 and eg["drawings_available"] == s["n_drawings"]
+    assert eg["strokes_from"]["source files"] == 50 and "random subset of 50" in eg["sample_rule"]
+
+    r = doodle("eval", "--checkpoint", str(tiny["ckpt"]), "--data", str(tiny["cache"]), "--out", str(tmp_path / "n"),
+               "--no-early")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "n" / "summary.json").read_text())
+    assert s["early_guessing"] is None and not (tmp_path / "n" / "early_guessing.png").exists()
+    assert (
+        "early_guessing" not in s["plots"]
+        and "Early guessing" not in (tmp_path / "n" / "report.html").read_text()
+    )
 
 
 def test_eval_on_files_matches_the_cache_all_split(tiny, tmp_path):

@@ -8,6 +8,8 @@
   drawings never holds an [N, classes] matrix.
 - `MetricAccumulator` / `compute_metrics` turn probabilities and labels into every number of the report
   (top-1, top-3, per-class precision/recall/F1, macro averages, confusion matrix, NLL, ECE with its bins).
+- `early_guessing_of` measures how well the model guesses from the first strokes or points of each drawing,
+  sent through the capture path (`doodle_rnn.early` says exactly how), and how soon it gets each right.
 - `run_evaluation` ties them together for `doodle eval` and writes summary.json, the plots and report.html.
 
 Conventions (also written into summary.json, so a reader never has to guess):
@@ -566,6 +568,57 @@ def _key_of(data, row: int) -> str:
     return k.decode() if isinstance(k, bytes | np.bytes_) else str(k)
 
 
+def early_guessing(clf, strokes_list: Sequence[Sequence], labels: Sequence, columns=None) -> dict:
+    """The early-guessing curve and time to recognition (see `doodle_rnn.early`); for benchmarks and cards."""
+    from doodle_rnn import early
+
+    return early.early_guessing(clf, strokes_list, labels, columns)
+
+
+def early_guessing_of(ckpt: dict, ev: EvalData, pr: Predictions, max_drawings: int | None = 5000,
+                      seed: int = 0) -> dict:  # fmt: skip
+    """The curve for the drawings of an evaluation, through the capture path of a `Classifier`.
+
+    Strokes come from the source files by key_id, each checked to reproduce the steps plain eval used
+    (`early.recover_strokes`, which says what happens without the files). With more than `max_drawings`
+    drawings a random subset (fixed seed) is measured. Returns the summary's `early_guessing` entry
+    (with the `_right` arrays for the plot; `run_evaluation` drops them before writing JSON).
+    """
+    from doodle_rnn import early
+    from doodle_rnn.data.encode import LengthRules
+    from doodle_rnn.inference import Classifier
+
+    t0 = time.perf_counter()
+    pick = np.arange(len(ev.indices))
+    if max_drawings is not None and len(pick) > max_drawings:
+        pick = np.sort(np.random.default_rng(seed).choice(len(pick), max_drawings, replace=False))
+    rows = ev.indices[pick]
+    keys = [_key_of(ev.data, r) for r in rows.tolist()]
+    expected = [ev.data.batch_steps(np.array([r]))[0] for r in rows.tolist()]
+    if ev.identity["kind"] == "cache":
+        sources = list(ev.identity.get("sources") or [])
+    else:
+        sources = [f["path"] for f in ev.identity["files"]]
+    strokes, origin = early.recover_strokes(sources, keys, expected, ev.encoding,
+                                            LengthRules(**ckpt["length_rules"]))  # fmt: skip
+    use = [j for j, s in enumerate(strokes) if s is not None]
+    info = {"drawings_available": int(len(ev.indices)), "drawings_sampled": int(len(pick)),
+            "sample_rule": None if len(pick) == len(ev.indices) else
+            f"a random subset of {len(pick)} (numpy default_rng({seed}), without replacement); --early-max",
+            "strokes_from": origin, "recover_seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+    if not use:
+        return info | {"skipped": "no drawing's strokes could be recovered (source files missing, and the "
+                       f"{ev.encoding} encoding cannot be decoded into strokes); evaluate the source files "
+                       "instead, or keep them where the cache's manifest says"}  # fmt: skip
+    clf = Classifier.from_checkpoint(ckpt)
+    labels = ev.labels[pick][use]
+    res = early.early_guessing(clf, [strokes[j] for j in use], labels, ev.columns)
+    row_pos = {r: i for i, r in enumerate(pr.rows.tolist())}
+    plain = [pr.pred[row_pos[r]] == pr.labels[row_pos[r]] for r in rows[use].tolist()]
+    return info | res | {"plain_eval_top1_same_drawings": float(np.mean(plain)), "backend": clf.backend,
+                         "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+
+
 def load_model(checkpoint: str | Path):
     """(checkpoint dict, model in eval mode); any unusable file is an EvalError naming it."""
     from doodle_rnn.checkpoint import CheckpointError, build_model, load_checkpoint
@@ -581,8 +634,11 @@ def load_model(checkpoint: str | Path):
 
 def run_evaluation(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path, split: str | None = None,
                    batch_size: int = 1024, device: str = "auto", recognized_only: bool = True,
-                   progress: bool = False) -> dict:  # fmt: skip
-    """`doodle eval`: load, predict, measure, plot, and write DIR/summary.json + DIR/report.html."""
+                   progress: bool = False, early: bool = True, early_max: int | None = 5000) -> dict:  # fmt: skip
+    """`doodle eval`: load, predict, measure, plot, and write DIR/summary.json + DIR/report.html.
+
+    early: also measure the early-guessing curve (`early_guessing_of`) on up to `early_max` drawings.
+    """
     from doodle_rnn import plots, report
     from doodle_rnn.models import ShippedModelError, resolve_model
 
@@ -605,6 +661,9 @@ def run_evaluation(checkpoint: str | Path, inputs: Sequence[str | Path], out: st
     m = pr.metrics
     pairs = confused_examples(ev, pr)
     images = plots.write_all(out, m, pr.conf, pr.pred == pr.labels, pairs)
+    eg = early_guessing_of(ckpt, ev, pr, early_max) if early else None
+    if eg is not None and "skipped" not in eg:
+        images["early_guessing"] = plots.plot_early_guessing(eg, out / "early_guessing.png")
     summary = {
         "checkpoint": checkpoint_identity(checkpoint, ckpt),
         "data": ev.identity,
@@ -641,6 +700,7 @@ def run_evaluation(checkpoint: str | Path, inputs: Sequence[str | Path], out: st
             | {"key_ids": [e["key_id"] for e in p["examples"]]}
             for p in pairs
         ],
+        "early_guessing": None if eg is None else {k: v for k, v in eg.items() if k != "_right"},
         "plots": {k: v.name for k, v in images.items()},
         "device": str(dev),
         "batch_size": batch_size,

@@ -267,18 +267,13 @@ class Classifier:
         return self.analyze_many([strokes], top_k)[0]
 
     def analyze_many(self, strokes_list: Sequence[Sequence], top_k: int = 3) -> list[Prediction]:
-        for i, strokes in enumerate(strokes_list):
-            why = validate_strokes(strokes)
-            if why:
-                where = f"drawing {i}: " if len(strokes_list) > 1 else ""
-                raise InferenceError(f"{where}{why}")
         if top_k < 1:
             raise InferenceError(f"top_k must be at least 1, not {top_k}")
         k = min(int(top_k), len(self.classes))
         n = len(strokes_list)
         if n == 0:
             return []
-        steps, lengths, kept = encode_batch(strokes_list, self.encoding, self.infer_rules)
+        steps, lengths, kept = self._encode(strokes_list)
         probs = self._probabilities(steps, lengths)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         out: list[Prediction | None] = [None] * n
@@ -295,15 +290,30 @@ class Classifier:
         empty = np.zeros((0, 3), np.float32)
         return [p if p is not None else Prediction([], 0, True, empty) for p in out]
 
-    def probabilities(self, strokes_list: Sequence[Sequence]) -> np.ndarray:
-        """Calibrated class probabilities [N, C] for many drawings (the path `predict` takes).
+    def probabilities(self, strokes_list: Sequence[Sequence]) -> tuple[np.ndarray, np.ndarray]:
+        """All class probabilities for many drawings: `(probs [n, classes] float32, read [n] bool)`.
 
-        A drawing with no step for the model to read gets a row of NaN.
+        The same path as `analyze_many` (validate, normalise, encode, pad, batched by length), without
+        building a `Prediction` per drawing: for measuring many drawings at once (`early.early_guessing`).
+        `read` is False for a drawing that gave no step to read; its row of `probs` is all zeros.
         """
-        steps, lengths, kept = encode_batch(strokes_list, self.encoding, self.infer_rules)
-        out = np.full((len(strokes_list), len(self.classes)), np.nan, np.float32)
-        out[kept] = self._probabilities(steps, lengths)
-        return out
+        n = len(strokes_list)
+        probs = np.zeros((n, len(self.classes)), np.float32)
+        read = np.zeros(n, dtype=bool)
+        if n:
+            steps, lengths, kept = self._encode(strokes_list)
+            probs[kept] = self._probabilities(steps, lengths)
+            read[kept] = True
+        return probs, read
+
+    def _encode(self, strokes_list: Sequence[Sequence]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validate, then `encode_batch` (normalising raw captures) with the inference length rules."""
+        for i, strokes in enumerate(strokes_list):
+            why = validate_strokes(strokes)
+            if why:
+                where = f"drawing {i}: " if len(strokes_list) > 1 else ""
+                raise InferenceError(f"{where}{why}")
+        return encode_batch(strokes_list, self.encoding, self.infer_rules)
 
     def _probabilities(self, steps: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Softmax(logits / temperature) for encoded drawings, in their given order."""

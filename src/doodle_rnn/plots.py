@@ -237,6 +237,56 @@ def plot_confused_pairs(pairs: Sequence[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_early_guessing(early: dict, path: Path) -> Path:
+    """Top-1 / top-3 against the share of each drawing shown (points; strokes as markers), and how many
+    drawings are recognised for good by each share of their points."""
+    from matplotlib.ticker import PercentFormatter
+
+    fig = _figure(11.0, 4.6)
+    ax, axr = fig.subplots(1, 2, width_ratios=[3, 2])
+    for name, color in (("top1", "#1f77b4"), ("top3", "#2ca02c")):
+        label = "top-1" if name == "top1" else "top-3"
+        pts = sorted((float(k), v[name]) for k, v in early["points"].items())
+        ax.plot([p for p, _ in pts], [v for _, v in pts], "-o", color=color, lw=1.8, ms=4,
+                label=f"{label}, first share of points")  # fmt: skip
+        sts = sorted((float(k), v[name]) for k, v in early["strokes"].items())
+        ax.plot([p for p, _ in sts], [v for _, v in sts], "s--", color=color, lw=1, ms=7, mfc="white",
+                label=f"{label}, first share of strokes")  # fmt: skip
+        for p, v in pts if name == "top1" else []:
+            ax.annotate(
+                f"{v:.0%}", (p, v), textcoords="offset points", xytext=(0, -13), ha="center", fontsize=7
+            )
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("share of each drawing shown (points or strokes, in drawing order)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(
+        f"Early guessing ({early['n_drawings']:,} drawings, each prefix sent as a capture)", fontsize=11
+    )
+    ttr = early["time_to_recognition"]
+    by = sorted((float(k), v) for k, v in ttr["recognised_by"].items())
+    axr.step([0] + [p for p, _ in by], [0] + [v for _, v in by], where="post", color="#9467bd", lw=1.8)
+    if ttr["median_share"] is not None:
+        axr.axvline(ttr["median_share"], color="black", ls="--", lw=1,
+                    label=f"median over recognised: {ttr['median_share']:.0%} of points")  # fmt: skip
+    axr.axhline(1 - ttr["never_recognised"], color="#d62728", ls=":", lw=1,
+                label=f"recognised at 100%: {1 - ttr['never_recognised']:.1%} (never: {ttr['never_recognised']:.1%})")  # fmt: skip
+    axr.set_xlim(0, 1.02)
+    axr.set_ylim(0, 1.02)
+    axr.xaxis.set_major_formatter(PercentFormatter(1.0))
+    axr.yaxis.set_major_formatter(PercentFormatter(1.0))
+    axr.grid(alpha=0.3)
+    axr.set_xlabel("share of points drawn")
+    axr.set_ylabel("drawings recognised for good")
+    axr.legend(loc="lower right", fontsize=8)
+    axr.set_title("Time to recognition (right from here to the end)", fontsize=11)
+    return _save(fig, path)
+
+
 def write_all(
     out: Path, metrics: dict, conf: np.ndarray, correct: np.ndarray, pairs: Sequence[dict]
 ) -> dict[str, Path]:

@@ -29,6 +29,7 @@ _TITLES = {
     "reliability": "Reliability diagram",
     "confidence_histogram": "Confidence of correct and wrong predictions",
     "confused_pairs": "Most confused pairs, with examples",
+    "early_guessing": "Early guessing: accuracy on the beginning of each drawing",
 }
 
 
@@ -65,6 +66,35 @@ def _table(
         body.append(f"<tr{cls}>{tds}</tr>")
     head = f"<thead><tr>{th}</tr></thead>" if any(header) else ""
     return f"<table>{head}<tbody>{''.join(body)}</tbody></table>"
+
+
+def _early_tables(eg: dict) -> str:
+    """The early-guessing numbers beside their plot: both curves, time to recognition, how it was measured."""
+    pts = [
+        [_e(f"first {float(k):.0%} of points"), _pct(v["top1"]), _pct(v["top3"])]
+        for k, v in eg["points"].items()
+    ]
+    sts = [
+        [_e(f"first {float(k):.0%} of strokes"), _pct(v["top1"]), _pct(v["top3"])]
+        for k, v in eg["strokes"].items()
+    ]
+    ttr = eg["time_to_recognition"]
+    median = "–" if ttr["median_share"] is None else f"{ttr['median_share']:.0%} of its points"
+    facts = [
+        ["drawings measured", f"{eg['n_drawings']:,} of {eg['drawings_available']:,}"],
+        ["median time to recognition (recognised drawings)", median],
+        ["never recognised (wrong on the whole drawing)", _pct(ttr["never_recognised"])],
+        ["whole drawing normalised again, as a capture: top-1 / top-3",
+         f"{_pct(eg['full_as_capture']['top1'])} / {_pct(eg['full_as_capture']['top3'])}"],
+        ["plain eval top-1 on the same drawings", _pct(eg["plain_eval_top1_same_drawings"])],
+        ["strokes from", _e(", ".join(f"{k}: {v:,}" for k, v in eg["strokes_from"].items()))],
+        ["time", _e(f"{eg['seconds']} s for {eg['prefixes_predicted']:,} prefixes ({eg['backend']})")],
+    ]  # fmt: skip
+    return (
+        _table(["prefix", "top-1", "top-3"], sts + pts)
+        + _table(["", ""], [[_e(a), b] for a, b in facts], name_cols=2)
+        + f"<p class='note'>{_e(eg['rule'])}. Time to recognition: {_e(ttr['rule'])}.</p>"
+    )
 
 
 def render_html(summary: dict, images: dict[str, Path]) -> str:
@@ -108,6 +138,11 @@ def render_html(summary: dict, images: dict[str, Path]) -> str:
         parts.append("</p>")
     for key, path in images.items():
         parts.append(f"<h2>{_e(_TITLES.get(key, key))}</h2><img alt='{_e(key)}' src='{embed_png(path)}'>")
+        if key == "early_guessing":
+            parts.append(_early_tables(summary["early_guessing"]))
+    eg = summary.get("early_guessing")
+    if eg and "skipped" in eg:
+        parts.append(f"<h2>{_e(_TITLES['early_guessing'])}</h2><p>Not measured: {_e(eg['skipped'])}.</p>")
     pc = m["per_class"]
     ranked = sorted(pc.items(), key=lambda kv: (kv[1]["accuracy"] is None, kv[1]["accuracy"] or 0.0))
     macro_acc = m["macro"]["accuracy"] or 0.0

@@ -28,6 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda or cuda:N")
     p.add_argument("--include-unrecognized", action="store_true",
                    help="with data files, also evaluate drawings the game did not recognise")  # fmt: skip
+    p.add_argument("--no-early", dest="early", action="store_false",
+                   help="skip the early-guessing curve (accuracy on the first strokes/points of each drawing)")  # fmt: skip
+    p.add_argument("--early-max", type=int, default=5000, metavar="N",
+                   help="measure the early-guessing curve on at most N drawings (a fixed random subset; "
+                   "0: all; default 5000)")  # fmt: skip
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 
@@ -37,10 +42,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if args.early_max < 0:
+        raise UserError("--early-max must be 0 (all drawings) or more")
     try:
         s = run_evaluation(
             args.checkpoint, args.data, args.out, split=args.split, batch_size=args.batch_size, device=args.device,
             recognized_only=not args.include_unrecognized, progress=args.progress and sys.stderr.isatty(),
+            early=args.early, early_max=args.early_max or None,
         )  # fmt: skip
     except EvalError as exc:
         raise UserError(str(exc)) from exc
@@ -64,6 +72,19 @@ def run(args: argparse.Namespace) -> int:
     if s["top1_over_all_checkpoint_classes"] is not None:
         print(f"top-1 over all {len(s['checkpoint']['classes'])} checkpoint classes: "
               f"{s['top1_over_all_checkpoint_classes']:.4f}")  # fmt: skip
+    eg = s["early_guessing"]
+    if eg and "skipped" in eg:
+        print(f"note: early-guessing curve skipped: {eg['skipped']}", file=sys.stderr)
+    elif eg:
+        pts, ttr = eg["points"], eg["time_to_recognition"]
+        curve = ", ".join(
+            f"{float(k):.0%} {v['top1']:.3f}" for k, v in pts.items() if k in ("0.1", "0.3", "0.5", "1.0")
+        )
+        strokes = " / ".join(f"{v['top1']:.3f}" for v in eg["strokes"].values())
+        median = "-" if ttr["median_share"] is None else f"{ttr['median_share']:.0%}"
+        print(f"early guessing on {eg['n_drawings']} drawings ({eg['seconds']:.1f}s): top-1 on the first points {curve}; "
+              f"on the first 25/50/75/100% of strokes {strokes}; recognised for good after a median {median} "
+              f"of points, never {ttr['never_recognised']:.1%}")  # fmt: skip
     print(f"wrote {args.out}/summary.json, {args.out}/report.html and {len(s['plots'])} plots "
           f"({s['seconds']:.1f}s, {s['drawings_per_second']:,.0f} drawings/s on {s['device']})")  # fmt: skip
     return 0

@@ -156,17 +156,13 @@ def normalize_drawings(drawings: Iterable[Drawing], batch_size: int = _CHUNK) ->
             yield dataclasses.replace(d, strokes=s, extra=dict(d.extra))
 
 
-def normalize_many(drawings: Sequence[Sequence], force: bool = False) -> list[SimplifiedStrokes]:
-    """Simplify many drawings at once (the fast path); same result as `normalize_strokes` on each.
-
-    force: simplify drawings that already look simplified too (a prefix of a simplified drawing is
-    re-framed as a live capture of it would be; see `data/prefixes.py`).
-    """
+def normalize_many(drawings: Sequence[Sequence]) -> list[SimplifiedStrokes]:
+    """Simplify many drawings at once (the fast path); same result as `normalize_strokes` on each."""
     out: list[SimplifiedStrokes | None] = [None] * len(drawings)
     todo: list[int] = []
     strokes_todo: list[list] = []
     for i, strokes in enumerate(drawings):
-        if not force and is_simplified(strokes):
+        if is_simplified(strokes):
             out[i] = _as_ints(strokes)
             continue
         kept = [s for s in strokes if len(s[0])]

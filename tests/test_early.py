@@ -1,0 +1,175 @@
+"""Early guessing: prefixes cut by hand, sent as captures, and time to recognition on hand-made cases.
+
+The model here is a small untrained GRU (its answers depend on every step, which is all a path test
+needs); `test_evaluate.py` checks the curve inside `doodle eval` with a trained one.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from doodle_rnn import early
+from doodle_rnn.checkpoint import make_checkpoint
+from doodle_rnn.data.encode import LengthRules, encode_batch, features_to_strokes
+from doodle_rnn.data.normalize import is_simplified
+from doodle_rnn.inference import Classifier
+from doodle_rnn.model import GRUClassifier, ModelConfig
+
+CLASSES = ["a", "b", "c", "d", "e"]
+# A simplified drawing (0..255, three strokes of 4, 3 and 5 points): 12 points.
+DRAWING = [
+    [[0, 60, 120, 200], [10, 0, 40, 30]],
+    [[30, 90, 150], [100, 180, 120]],
+    [[255, 200, 170, 100, 40], [255, 210, 240, 190, 250]],
+]
+
+
+@pytest.fixture(scope="module", params=["stroke3", "reference"])
+def clf(request) -> Classifier:
+    torch.manual_seed(0)
+    model = GRUClassifier(ModelConfig(num_classes=len(CLASSES), hidden_size=16, num_layers=1, dropout=0.0))
+    ckpt = make_checkpoint(model.eval(), CLASSES, request.param, {"min_len": 6, "max_len": 250})
+    return Classifier.from_checkpoint(ckpt, backend="torch")
+
+
+def test_shares_round_up_in_integers():
+    assert early.ceil_share(30, 10) == 3  # ceil(0.3 * 10) in floats is 4
+    assert [early.ceil_share(p, 7) for p in (10, 25, 50, 100)] == [1, 2, 4, 7]
+    by_strokes, by_points = early.prefix_sizes(DRAWING)
+    # strokes: ceil(.25*3)=1 -> 4 points, ceil(.5*3)=2 -> 7, ceil(.75*3)=3 -> 12, all -> 12
+    assert by_strokes == [4, 7, 12, 12]
+    assert by_points == [2, 3, 4, 5, 6, 8, 9, 10, 11, 12]
+    assert early.share_key(10) == "0.1" and early.share_key(25) == "0.25" and early.share_key(100) == "1.0"
+
+
+def test_first_points_cuts_the_last_stroke_and_captures_carry_times():
+    assert early.first_points(DRAWING, 6) == [DRAWING[0], [[30, 90], [100, 180]]]
+    cap = early.as_capture(early.first_points(DRAWING, 6))
+    assert cap == [[[0, 60, 120, 200], [10, 0, 40, 30], [0, 1, 2, 3]], [[30, 90], [100, 180], [4, 5]]]
+    raw = [[[1.5, 2.5], [3.0, 4.0], [100, 130]]]
+    assert early.as_capture(raw) == raw  # a raw capture keeps its own times
+    assert early.prefix_drawing(DRAWING, 12) == DRAWING  # uncut: sent as stored
+
+
+def by_hand(strokes: list, kind: str, percent: int) -> list:
+    """The prefix cut independently of `early`, then drawn on a 'screen' (x2 and shifted, times in ms).
+
+    Doubling and integer shifts are exact in floating point, so normalising this capture is bit-for-bit
+    normalising the cut simplified strokes, as the page would send them if a user drew just those.
+    """
+    if kind == "strokes":
+        m = -(-percent * len(strokes) // 100)
+        cut = strokes[:m]
+    else:
+        k = -(-percent * sum(len(s[0]) for s in strokes) // 100)
+        cut, left = [], k
+        for xs, ys in strokes:
+            if left > 0:
+                cut.append([xs[:left], ys[:left]])
+            left -= len(xs)
+    return strokes if cut == strokes else on_screen(cut)
+
+
+def on_screen(strokes: list) -> list:
+    t, out = 1000.0, []
+    for xs, ys in strokes:
+        out.append(
+            [[2.0 * x + 300 for x in xs], [2.0 * y + 40 for y in ys], [t + 16.0 * i for i in range(len(xs))]]
+        )
+        t += 16.0 * len(xs) + 250
+    return out
+
+
+def test_each_prefix_answers_exactly_as_a_capture_of_those_strokes(clf):
+    """`early` sends each prefix through the capture path: the same probabilities as `Classifier.predict`
+    on the same strokes cut by hand and given in screen coordinates with times."""
+    sent, slot = early.build_prefixes([DRAWING])
+    probs, read = clf.probabilities(sent)
+    assert read.all() and slot.shape == (1, 4 + 10 + 1)
+    shares = [("strokes", p) for p in early.STROKE_PERCENTS] + [("points", p) for p in early.POINT_PERCENTS]
+    for j, (kind, p) in enumerate(shares):
+        expected = dict(clf.predict(by_hand(DRAWING, kind, p), top_k=len(CLASSES)))
+        got = probs[slot[0, j]]
+        np.testing.assert_allclose(
+            [expected[c] for c in CLASSES], got, rtol=0, atol=1e-6, err_msg=f"{kind} {p}%"
+        )
+    # the last slot: the whole drawing sent as a capture (normalised a second time)
+    expected = dict(clf.predict(on_screen(DRAWING), top_k=len(CLASSES)))
+    np.testing.assert_allclose([expected[c] for c in CLASSES], probs[slot[0, -1]], rtol=0, atol=1e-6)
+
+
+def test_a_prefix_that_still_looks_simplified_is_normalised_to_fill_the_frame(clf):
+    # The first two strokes span 0..200 x 0..180: `is_simplified` would pass them through unchanged.
+    two = DRAWING[:2]
+    assert is_simplified(two)
+    sent, slot = early.build_prefixes([DRAWING], stroke_percents=(50,), point_percents=())
+    prefix = sent[slot[0, 0]]
+    assert [s[:2] for s in prefix] == two and all(len(s) == 3 for s in prefix)  # sent as a capture
+    seen = features_to_strokes(clf.analyze(prefix).features, "stroke3")
+    xs = [v for s in seen for v in s[0]]
+    ys = [v for s in seen for v in s[1]]
+    if clf.encoding == "stroke3":  # decoded exactly up to a shift: the larger extent is now 255
+        assert max(max(xs) - min(xs), max(ys) - min(ys)) == 255
+    as_stored = clf.analyze(two).features  # sent without times, the two strokes would be passed through
+    assert not np.array_equal(clf.analyze(prefix).features, as_stored)
+
+
+def test_time_to_recognition_by_hand():
+    T, F = True, False
+    right = np.array([
+        [F, T, T, T, T, T, T, T, T, T],  # right from 20% on
+        [T, F, T, T, T, T, T, T, T, T],  # right at 10%, lost at 20%: counts from 30%
+        [T, T, T, T, T, T, T, T, T, F],  # wrong at the end: never
+        [F, F, F, F, F, F, F, F, F, T],  # only the whole drawing: 100%
+        [T, T, T, T, T, T, T, T, T, T],  # from the first 10%
+    ])  # fmt: skip
+    r = early.time_to_recognition(right)
+    assert r["never_recognised"] == pytest.approx(1 / 5)
+    assert r["median_share"] == pytest.approx(0.25)  # median of 0.1, 0.2, 0.3, 1.0
+    assert r["mean_share"] == pytest.approx((0.1 + 0.2 + 0.3 + 1.0) / 4)
+    assert r["recognised_by"]["0.1"] == pytest.approx(1 / 5) and r["recognised_by"]["0.3"] == pytest.approx(
+        3 / 5
+    )
+    assert r["recognised_by"]["1.0"] == pytest.approx(4 / 5)
+    assert r["grid"][0] == 0.1 and r["grid"][-1] == 1.0
+
+
+def test_early_guessing_counts_and_the_whole_drawing(clf):
+    drawings = [DRAWING, DRAWING[1:], [DRAWING[2]]]
+    whole = [p[0][0] for p in clf.predict_many(drawings, 1)]
+    labels = [CLASSES.index(w) for w in whole]  # the model's own answers on the whole drawings
+    r = early.early_guessing(clf, drawings, labels)
+    assert r["n_drawings"] == 3 and r["strokes"]["1.0"]["top1"] == 1.0 and r["points"]["1.0"]["top1"] == 1.0
+    assert r["time_to_recognition"]["never_recognised"] == 0.0
+    by_name = early.early_guessing(clf, drawings, whole)
+    assert by_name["points"] == r["points"]
+    # a single-stroke drawing: every stroke share is the whole drawing, so prefixes were merged
+    assert r["prefixes_predicted"] < 3 * 15
+    with pytest.raises(ValueError, match="2 labels for 3 drawings"):
+        early.early_guessing(clf, drawings, labels[:2])
+
+
+def test_recover_strokes_from_files_from_steps_or_not_at_all(tmp_path, clf):
+    rules = LengthRules(6, 250)
+    line = {"word": "a", "key_id": "1", "recognized": True, "drawing": DRAWING}
+    (tmp_path / "a.ndjson").write_text(json.dumps(line) + "\n")
+    steps = [encode_batch([DRAWING], enc, rules)[0] for enc in ("stroke3", "reference")]
+    got, counts = early.recover_strokes([tmp_path / "a.ndjson"], ["1"], [steps[0]], "stroke3", rules)
+    assert got == [DRAWING] and counts["source files"] == 1
+    # no file: stroke3 is decoded from its steps (exact up to a shift) ...
+    got, counts = early.recover_strokes([tmp_path / "gone.ndjson"], ["1"], [steps[0]], "stroke3", rules)
+    assert (
+        counts["decoded from the encoded steps (stroke3)"] == 1
+        and counts["source files missing or unreadable"] == 1
+    )
+    shift_x, shift_y = DRAWING[0][0][0] - got[0][0][0][0], DRAWING[0][1][0] - got[0][0][1][0]
+    assert got[0] == [[[x - shift_x for x in s[0]], [y - shift_y for y in s[1]]] for s in DRAWING]
+    # ... reference cannot be (pen-up moves are not encoded), and a file whose drawing differs is not used
+    got, counts = early.recover_strokes([], ["1"], [steps[1]], "reference", rules)
+    assert got == [None] and counts["not recovered"] == 1
+    got, counts = early.recover_strokes([tmp_path / "a.ndjson"], ["1"], [steps[0][:-1]], "reference", rules)
+    assert got == [None]
