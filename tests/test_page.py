@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_inference import build_tiny_checkpoint, raw_drawings, with_card
+from test_inference import build_tiny_checkpoint, raw_drawings
 from test_server import running_server
 
 from doodle_rnn.data.synthetic import generate
@@ -45,24 +45,33 @@ def base_url(tiny) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def announcing(tiny, tmp_path_factory) -> tuple[Path, list]:
-    """A model that announces, and a real raw drawing it can announce before the last stroke.
+def announcing() -> tuple[Path, list]:
+    """The shipped `animals10` model with its own card threshold, and a real drawing it announces early.
 
-    The swap point for the real shipped model: return `(doodle_rnn.models.shipped_path("animals10"),
-    a raw drawing of one of its classes)` and the tests below run unchanged, with its card's threshold.
-    Here the model is the tiny one trained on synthetic shapes, which is not confident on real drawings,
-    so it gets a card whose threshold the drawing's own stroke prefixes reach before its last stroke
-    (computed with `Classifier.predict` on those prefixes, less 2%: the page captures the drawing
-    re-scaled to its canvas). These tests therefore check the page's logic (announce once the API's
-    top probability reaches the model's threshold, before the drawing ends, and win the round with
-    it), not the model's quality.
+    The drawing is the first bundled test-split cow (never trained on) whose stroke prefixes, sent as
+    captures, reach the card's threshold with the right class before the last stroke; the page replays
+    it scaled to the canvas with times, as a user's pointer would. So these tests check the page's
+    logic on the real model: it announces once the API's top probability reaches the threshold, before
+    the drawing ends, and wins a game round with it.
     """
-    drawing = raw_drawings(1, ("cat",))[0]["drawing"]
-    clf = Classifier.load(tiny)
-    best = max(clf.predict(drawing[:k], 1)[0][1] for k in range(1, len(drawing)))
-    test = {"top1": 0.5, "top3": 0.8, "n_drawings": 1234, "data": "synthetic shapes"}
-    path = tmp_path_factory.mktemp("announcing") / "tiny.pt"
-    return with_card(tiny, path, name="tiny-announcer", announce_threshold=best * 0.98, test=test), drawing
+    from doodle_rnn.data.cache import key_hash, split_of
+    from doodle_rnn.data.formats import iter_drawings
+    from doodle_rnn.data.prefixes import as_capture
+    from doodle_rnn.models import shipped_path
+    from doodle_rnn.quickstart import bundled_data_dir
+
+    clf = Classifier.load("animals10")
+    for d in iter_drawings(bundled_data_dir() / "cow.ndjson.gz"):
+        if split_of(key_hash([d.key_id], 42), 0.1, 0.1)[0] != 2 or len(d.strokes) < 3:
+            continue  # test split only (doodle prepare's defaults), and a drawing with strokes to spare
+        tops = [clf.predict(as_capture(d.strokes[:k]), 1)[0] for k in range(1, len(d.strokes))]
+        if any(c == "cow" and p >= clf.announce_threshold for c, p in tops):
+            raw = [
+                [[3 * x + 40 for x in s[0]], [3 * y + 40 for y in s[1]], list(range(len(s[0])))]
+                for s in d.strokes
+            ]
+            return shipped_path("animals10"), raw
+    raise AssertionError("no bundled test cow is announced before its last stroke")
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,7 @@ def test_shipped_model_on_bundled_test_drawings_cache_path(
     bundled_cache: Path, card: dict, tmp_path: Path
 ) -> None:
     r = doodle("eval", "--checkpoint", "animals10", "--data", str(bundled_cache), "--split", "test",
-               "--out", str(tmp_path / "eval"))  # fmt: skip
+               "--out", str(tmp_path / "eval"), "--no-early")  # fmt: skip
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert s["n_drawings"] > 3500
