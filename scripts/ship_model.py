@@ -71,8 +71,9 @@ def main() -> None:
 
         clf = Classifier.from_checkpoint(ckpt)
         strokes, labels, classes = val_strokes(args.data, "val")
-        if args.max_val is not None:
-            strokes, labels = strokes[: args.max_val], labels[: args.max_val]
+        if args.max_val is not None:  # every k-th drawing, so every class is in
+            step = max(1, -(-len(labels) // args.max_val))
+            strokes, labels = strokes[::step], labels[::step]
         if classes != list(ckpt["classes"]):
             raise SystemExit("the cache's classes differ from the checkpoint's")
         probs = point_prefix_probabilities(clf, strokes)

@@ -48,15 +48,16 @@ def base_url(tiny) -> Iterator[str]:
 def announcing() -> tuple[Path, list]:
     """The shipped `animals10` model with its own card threshold, and a real drawing it announces early.
 
-    The drawing is the first bundled test-split cow (never trained on) whose stroke prefixes, sent as
-    captures, reach the card's threshold with the right class before the last stroke; the page replays
-    it scaled to the canvas with times, as a user's pointer would. So these tests check the page's
-    logic on the real model: it announces once the API's top probability reaches the threshold, before
-    the drawing ends, and wins a game round with it.
+    The drawing is the first bundled test-split cow (never trained on) that the model calls right before
+    its last stroke and never calls wrong at any point on the way (every point prefix, sent as a capture,
+    is checked: the page asks at moments that depend on timing); the page replays it scaled to the
+    canvas with times, as a user's pointer would. So these tests check the page on the real model: it
+    says "I know: it's a cow!" once the API's top probability reaches the card's threshold, before the
+    drawing ends, and wins a game round with it.
     """
     from doodle_rnn.data.cache import key_hash, split_of
     from doodle_rnn.data.formats import iter_drawings
-    from doodle_rnn.data.prefixes import as_capture
+    from doodle_rnn.data.prefixes import as_capture, first_points, n_points
     from doodle_rnn.models import shipped_path
     from doodle_rnn.quickstart import bundled_data_dir
 
@@ -64,8 +65,11 @@ def announcing() -> tuple[Path, list]:
     for d in iter_drawings(bundled_data_dir() / "cow.ndjson.gz"):
         if split_of(key_hash([d.key_id], 42), 0.1, 0.1)[0] != 2 or len(d.strokes) < 3:
             continue  # test split only (doodle prepare's defaults), and a drawing with strokes to spare
-        tops = [clf.predict(as_capture(d.strokes[:k]), 1)[0] for k in range(1, len(d.strokes))]
-        if any(c == "cow" and p >= clf.announce_threshold for c, p in tops):
+        ends = [as_capture(d.strokes[:k]) for k in range(1, len(d.strokes))]
+        every = [as_capture(first_points(d.strokes, k)) for k in range(1, n_points(d.strokes) + 1)]
+        sure = [(c, p) for top in clf.predict_many(every, 1) for c, p in top if p >= clf.announce_threshold]
+        early = [c for top in clf.predict_many(ends, 1) for c, p in top if p >= clf.announce_threshold]
+        if early and early[0] == "cow" and {c for c, _ in sure} == {"cow"}:
             raw = [
                 [[3 * x + 40 for x in s[0]], [3 * y + 40 for y in s[1]], list(range(len(s[0])))]
                 for s in d.strokes
@@ -293,7 +297,7 @@ def test_announces_before_the_last_stroke(announcing_page, announcing_url, annou
     assert (cls, prob) == (called["class"], pytest.approx(called["probability"], abs=1e-9))
     assert prob >= threshold
     assert called["points"] == sum(len(s[0]) for s in called["drawing"])
-    assert announce.inner_text() == f"I know: it's {with_article(cls)}!"
+    assert announce.inner_text() == f"I know: it's {with_article(cls)}!" == "I know: it's a cow!"
 
     page.click("[data-testid=undo]")  # what was said was said: undo keeps the call
     settle(page)
