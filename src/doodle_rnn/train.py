@@ -244,6 +244,45 @@ def train(cfg: TrainConfig) -> dict:
                 dist.destroy_process_group()
 
 
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "config.json")
+
+
+def _claim_run_dir(out: Path, cfg: TrainConfig, d: Dist) -> None:
+    """Refuse a RUN_DIR that already holds a run unless --resume or --overwrite says what to do with it.
+
+    Without this a new run would silently replace best.pt with a worse model and truncate
+    metrics.jsonl while the old run's evaluation, calibrated copy and ONNX export stay beside it.
+    """
+    if cfg.resume or not out.is_dir():
+        return
+    held = [f for f in RUN_FILES if (out / f).exists()]
+    if not held:
+        return
+    others = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if p.name not in RUN_FILES)
+    others = [n for n in others if not n.startswith(".")]
+    if not cfg.overwrite:
+        made = f"; it also holds {_some(others)}, made from that run" if others else ""
+        raise TrainError(
+            f"{out} already holds a training run ({', '.join(held)}){made}. Add --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+    if d.main:
+        for f in held:
+            (out / f).unlink(missing_ok=True)
+        print(f"--overwrite: removed the previous run's {', '.join(held)} from {out}", flush=True)
+        if others:
+            print(
+                f"warning: {out} still holds {_some(others)} from the previous run; they do not describe "
+                "the new model (remake or remove them)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _some(names: list[str], k: int = 6) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
 def _train(cfg: TrainConfig, d: Dist) -> dict:
     from tqdm import tqdm
 
@@ -290,6 +329,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             rnn=cfg.rnn,
         )
 
+    _claim_run_dir(out, cfg, d)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
