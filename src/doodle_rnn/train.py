@@ -37,6 +37,7 @@ from doodle_rnn.data.cache import DoodleCache
 from doodle_rnn.data.encode import ENCODING_VERSION
 from doodle_rnn.memory import keep_freed_memory
 from doodle_rnn.model import GRUClassifier, ModelConfig
+from doodle_rnn.text import plural, some
 
 # ---------------------------------------------------------------- setup
 
@@ -261,7 +262,7 @@ def _claim_run_dir(out: Path, cfg: TrainConfig, d: Dist) -> None:
     others = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if p.name not in RUN_FILES)
     others = [n for n in others if not n.startswith(".")]
     if not cfg.overwrite:
-        made = f"; it also holds {_some(others)}, made from that run" if others else ""
+        made = f"; it also holds {some(others)}, made from that run" if others else ""
         raise TrainError(
             f"{out} already holds a training run ({', '.join(held)}){made}. Add --resume to continue it, "
             "--overwrite to replace it, or choose another --out"
@@ -272,15 +273,11 @@ def _claim_run_dir(out: Path, cfg: TrainConfig, d: Dist) -> None:
         print(f"--overwrite: removed the previous run's {', '.join(held)} from {out}", flush=True)
         if others:
             print(
-                f"warning: {out} still holds {_some(others)} from the previous run; they do not describe "
+                f"warning: {out} still holds {some(others)} from the previous run; they do not describe "
                 "the new model (remake or remove them)",
                 file=sys.stderr,
                 flush=True,
             )
-
-
-def _some(names: list[str], k: int = 6) -> str:
-    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
 
 
 def _train(cfg: TrainConfig, d: Dist) -> dict:
@@ -335,10 +332,10 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         print(f"config: {json.dumps(asdict(cfg))}", flush=True)
         print(
-            f"data: {len(cache.classes)} classes, train {len(train_idx)}, val {len(val_idx)}, "
+            f"data: {plural(len(cache.classes), 'class', 'classes')}, train {len(train_idx)}, val {len(val_idx)}, "
             f"encoding {cache.encoding}; device {device}"
             + (f" x {d.world} ranks" if d.world > 1 else "")
-            + f", {torch.get_num_threads()} threads",
+            + f", {plural(torch.get_num_threads(), 'thread')}",
             flush=True,
         )
 
