@@ -512,11 +512,10 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m doodle_rnn.train` (and torchrun): the same flags as `doodle train`."""
     import argparse
 
+    from doodle_rnn.cli import HelpFormatter
     from doodle_rnn.commands.train import add_arguments, run
 
-    p = argparse.ArgumentParser(
-        prog="python -m doodle_rnn.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="python -m doodle_rnn.train", formatter_class=HelpFormatter)
     add_arguments(p)
     args = p.parse_args(argv)
     try:

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-per-class", type=int, default=None, help="keep at most N drawings per class")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--recognized-only", dest="recognized_only", action="store_true", default=True,
-                   help="keep only drawings the game recognised")  # fmt: skip
+                   help="keep only drawings the game recognised (the default)")  # fmt: skip
     g.add_argument(
         "--all", dest="recognized_only", action="store_false", help="keep unrecognised drawings too"
     )
