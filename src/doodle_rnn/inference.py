@@ -131,7 +131,9 @@ class Classifier:
             raise InferenceError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         path = Path(path)
         if not path.is_file():
-            raise InferenceError(f"{path}: model file not found")
+            from doodle_rnn.checkpoint import missing_model_message
+
+            raise InferenceError(missing_model_message(path, "model"))
         if path.suffix.lower() == ".onnx":
             return cls._load_onnx(path, backend, threads)
         from doodle_rnn.checkpoint import load_checkpoint

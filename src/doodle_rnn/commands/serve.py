@@ -52,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from doodle_rnn.cli import UserError
 
     if not Path(args.checkpoint).is_file():
-        raise UserError(f"{args.checkpoint}: model file not found")
+        from doodle_rnn.checkpoint import missing_model_message
+
+        raise UserError(missing_model_message(args.checkpoint, "model"))
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, not {args.workers}")
     limits = {"max_body_bytes": args.max_body_bytes, "max_strokes": args.max_strokes,
