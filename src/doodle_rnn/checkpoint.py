@@ -92,7 +92,9 @@ def missing_model_message(path: str | Path, what: str = "checkpoint") -> str:
         if best:
             also = f" (it also holds {', '.join(n for n in found if n != best[0])})" if len(found) > 1 else ""
             return f"{path} is a folder, not a {what} file; did you mean {path / best[0]}?{also}"
-        return f"{path} is a folder that holds no .pt or .onnx file; give a {what} file such as RUN_DIR/best.pt"
+        return (
+            f"{path} is a folder that holds no .pt or .onnx file; give a {what} file such as RUN_DIR/best.pt"
+        )
     return f"{path}: {what} not found"
 
 
