@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from doodle_rnn.cli import UserError
     from doodle_rnn.evaluate import EvalError, run_evaluation
+    from doodle_rnn.text import plural, some
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
@@ -42,18 +43,22 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     m = s["metrics"]
     cls = s["classes"]
-    if cls["checkpoint_classes_without_data"]:
-        print(f"note: no data for {len(cls['checkpoint_classes_without_data'])} checkpoint class(es), left out: "
-              f"{', '.join(cls['checkpoint_classes_without_data'])}", file=sys.stderr)  # fmt: skip
-    if cls["data_classes_not_in_checkpoint"]:
-        dropped = ", ".join(f"{k} ({v})" for k, v in cls["data_classes_not_in_checkpoint"].items())
-        print(f"note: classes unknown to the checkpoint, drawings dropped: {dropped}", file=sys.stderr)
+    absent = cls["checkpoint_classes_without_data"]
+    if absent:
+        print(f"note: no data for {plural(len(absent), 'checkpoint class', 'checkpoint classes')}, left out: "
+              f"{some(absent)}", file=sys.stderr)  # fmt: skip
+    unknown = cls["data_classes_not_in_checkpoint"]
+    if unknown:  # one short line: a folder of all 345 classes must not print them all
+        names = some([f"{k} ({v})" for k, v in sorted(unknown.items(), key=lambda kv: -kv[1])])
+        print(f"note: {plural(len(unknown), 'class', 'classes')} unknown to the checkpoint, "
+              f"{plural(sum(unknown.values()), 'drawing')} dropped: {names} (all in {args.out}/summary.json)",
+              file=sys.stderr)  # fmt: skip
     sk = s["skipped"]
     if sk["total"]:
-        print(f"skipped {sk['total']} drawing(s): " + ", ".join(f"{r}: {k}" for r, k in sk["by_reason"].items()),
+        print(f"skipped {sk['total']} drawing(s): " + ", ".join(f"{r}: {k}" for r, k in sk["by_reason"].items() if k),
               file=sys.stderr)  # fmt: skip
     print(
-        f"{s['n_drawings']} drawings, {len(cls['evaluated'])} classes: top-1 {m['top1']:.4f}, top-3 {m['top3']:.4f}, "
+        f"{plural(s['n_drawings'], 'drawing')}, {plural(len(cls['evaluated']), 'class', 'classes')}: top-1 {m['top1']:.4f}, top-3 {m['top3']:.4f}, "
         f"macro F1 {m['macro']['f1']:.4f}, NLL {m['nll']:.4f}, ECE {m['ece']:.4f} (15 equal-width bins), "
         f"temperature {s['temperature']:.3f}"
     )
