@@ -138,3 +138,19 @@ def test_a_folder_or_a_foreign_file_as_checkpoint_says_what_it_is(tmp_path):
             )
             assert "weights_only" not in r.stderr and "Traceback" not in r.stderr
             assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_small_jobs_run_on_one_thread_unless_told(tmp_path):
+    from doodle_rnn.data.synthetic import SHAPES
+
+    write_ndjson_per_class(tmp_path / "files", 10, seed=0)
+    model = GRUClassifier(ModelConfig(num_classes=len(SHAPES), hidden_size=4))
+    save_checkpoint(make_checkpoint(model, list(SHAPES), "stroke3", {"min_len": 6, "max_len": 250}),
+                    tmp_path / "m.pt")  # fmt: skip
+    common = ("--checkpoint", str(tmp_path / "m.pt"), "--data", str(tmp_path / "files"))
+    r = doodle("calibrate", *common, "--out", str(tmp_path / "c.pt"))
+    assert r.returncode == 0 and ", 1 thread)" in r.stdout, r.stdout + r.stderr
+    r = doodle("calibrate", *common, "--out", str(tmp_path / "c.pt"), "--num-threads", "2")
+    assert r.returncode == 0 and ", 2 threads)" in r.stdout, r.stdout + r.stderr
+    r = doodle("eval", *common, "--out", str(tmp_path / "ev"), "--num-threads", "0")
+    assert r.returncode == 2 and "--num-threads must be at least 1" in r.stderr

@@ -581,9 +581,10 @@ def load_model(checkpoint: str | Path):
 
 def run_evaluation(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path, split: str | None = None,
                    batch_size: int = 1024, device: str = "auto", recognized_only: bool = True,
-                   progress: bool = False) -> dict:  # fmt: skip
+                   progress: bool = False, num_threads: int | None = None) -> dict:  # fmt: skip
     """`doodle eval`: load, predict, measure, plot, and write DIR/summary.json + DIR/report.html."""
     from doodle_rnn import plots, report
+    from doodle_rnn.threads import use_threads
 
     t0 = time.perf_counter()
     ckpt, model = load_model(checkpoint)
@@ -591,6 +592,7 @@ def run_evaluation(checkpoint: str | Path, inputs: Sequence[str | Path], out: st
     ev = load_eval_data(inputs, ckpt, split, recognized_only)
     if len(ev.indices) == 0:
         raise EvalError(f"no drawings to evaluate in split {split or 'test'} of {inputs[0]}")
+    use_threads(num_threads, len(ev.indices))  # small jobs: one thread (see threads.py)
     temperature = float(ckpt.get("temperature", 1.0))
     t_pred = time.perf_counter()
     pr = evaluate_data(model, ev, temperature, batch_size, dev, progress)

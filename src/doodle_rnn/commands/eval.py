@@ -24,20 +24,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda or cuda:N")
     p.add_argument("--include-unrecognized", action="store_true",
                    help="with data files, also evaluate drawings the game did not recognise")  # fmt: skip
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="CPU threads for torch (default: 1 for up to 50,000 drawings, else torch's choice)")  # fmt: skip
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from doodle_rnn.cli import UserError
     from doodle_rnn.evaluate import EvalError, run_evaluation
     from doodle_rnn.text import plural, some
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if args.num_threads is not None and args.num_threads < 1:
+        raise UserError("--num-threads must be at least 1")
     try:
         s = run_evaluation(
             args.checkpoint, args.data, args.out, split=args.split, batch_size=args.batch_size, device=args.device,
-            recognized_only=not args.include_unrecognized, progress=args.progress and sys.stderr.isatty(),
+            recognized_only=not args.include_unrecognized, progress=args.progress and sys.stderr.isatty(), num_threads=args.num_threads,
         )  # fmt: skip
     except EvalError as exc:
         raise UserError(str(exc)) from exc
@@ -66,5 +72,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"top-1 over all {len(s['checkpoint']['classes'])} checkpoint classes: "
               f"{s['top1_over_all_checkpoint_classes']:.4f}")  # fmt: skip
     print(f"wrote {args.out}/summary.json, {args.out}/report.html and {len(s['plots'])} plots "
-          f"({s['seconds']:.1f}s, {s['drawings_per_second']:,.0f} drawings/s on {s['device']})")  # fmt: skip
+          f"({s['seconds']:.1f}s, {s['drawings_per_second']:,.0f} drawings/s on {s['device']}, "
+          f"{plural(torch.get_num_threads(), 'thread')})")  # fmt: skip
     return 0
