@@ -217,6 +217,8 @@ def test_lr_find_writes_plots_and_suggests_a_rate(small_cache, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "lr_find.json").read_text())
     assert f"suggested lr: {res['suggested_lr']:.2e}" in r.stdout
+    assert r.stdout.startswith("lr-find: up to 60 batches")  # says what it does before the batches run
+    assert f"doodle train --data {small_cache} --out RUN_DIR --lr {res['suggested_lr']:.1e}" in r.stdout
     lrs = res["lr"]
     assert lrs[0] == pytest.approx(1e-5) and all(b > a for a, b in zip(lrs, lrs[1:], strict=False))
     assert 1e-5 <= res["suggested_lr"] <= res["min_loss_lr"] / 10 + 1e-12
