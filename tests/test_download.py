@@ -298,14 +298,16 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unreachable_server_fails_at_once_with_reason(tmp_path: Path) -> None:
-    port = _closed_port()
-    report = download_classes(
-        ["cow", "cat"], tmp_path, base_url=f"http://127.0.0.1:{port}/", retries=5, **FAST
-    )
+@pytest.mark.parametrize("base", ["http://127.0.0.1:{port}/", "http://doodle-no-such-host.invalid/"])
+def test_unreachable_server_fails_at_once_with_reason(tmp_path: Path, base: str) -> None:
+    t0 = time.perf_counter()  # the default retry policy: 5 retries from 0.5 s, doubling (15.5 s of waits)
+    out = tmp_path / "out"
+    report = download_classes(["cow", "cat"], out, base_url=base.format(port=_closed_port()), progress=False,
+                              log=lambda msg: None)  # fmt: skip
+    assert time.perf_counter() - t0 < 3
     assert not report.ok and [r.attempts for r in report.results] in ([1, 0], [0, 1], [1, 1])  # no retries
-    assert all("connection refused" in r.error for r in report.results)
-    assert report.unreachable and "--base-url" in report.summary()
+    assert all("cannot reach" in r.error for r in report.results)
+    assert report.unreachable and "--base-url" in report.summary() and not out.exists()
 
 
 @pytest.mark.parametrize("base", ["http://127.0.0.1:{port}/", "http://doodle-no-such-host.invalid/"])
@@ -320,7 +322,9 @@ def test_cli_unreachable_host_fails_fast_says_what_to_do_and_leaves_no_folder(
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     took = time.perf_counter() - t0
-    assert proc.returncode == 1 and took < 5, (took, proc.stderr)  # the default retries would take ~16 s
+    # No retries: the default policy would wait 15.5 s. The bound is loose because it includes starting
+    # Python on a busy machine; the in-process test above times the download itself.
+    assert proc.returncode == 1 and "retrying" not in proc.stderr and took < 12, (took, proc.stderr)
     assert "cannot reach" in proc.stderr and "0/10 classes OK" in proc.stderr
     assert "--base-url" in proc.stderr and "--data-dir" in proc.stderr
     assert "`doodle quickstart` without --download" in proc.stderr
