@@ -90,3 +90,33 @@ def test_failed_prepare_leaves_nothing_that_loads(tmp_path: Path) -> None:
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.*"))
     with pytest.raises(CacheError, match="not a prepared cache"):
         DoodleCache(tmp_path / "c")
+
+
+def _prepare(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "doodle_rnn", "prepare", "--no-progress", "--jobs", "1", *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_all_bad_inputs_report_their_counts_and_positions(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.ndjson"
+    junk.write_text('not json\n{"word": "cat", "drawing": [[[1, 2], [3]]]}\n{"word": "cat"}\n')
+    r = _prepare("--data", str(junk), "--out", str(tmp_path / "c"))
+    assert r.returncode == 2 and r.stderr.startswith("error: no usable drawings"), r.stderr
+    assert "skipped 3 record(s) in" in r.stderr  # the counts are printed, not promised "above"
+    for line in (1, 2, 3):
+        assert f"{junk}:{line}: " in r.stderr
+    assert "see the skipped counts above" not in r.stderr and not (tmp_path / "c").exists()
+
+
+def test_a_requested_class_without_data_is_named(tmp_path: Path) -> None:
+    write_ndjson_per_class(tmp_path / "syn", 30, seed=1)
+    have = ["circle", "house"]  # official class names among the synthetic ones; no cat file
+    r = _prepare("--data", str(tmp_path / "syn"), "--out", str(tmp_path / "c"), "--classes", *have, "cat")
+    assert r.returncode == 0, r.stderr
+    assert "warning: no drawings of the requested class(es) cat" in r.stderr and "2 classes" in r.stderr
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["classes"] == have
+    r = _prepare("--data", str(tmp_path / "syn"), "--out", str(tmp_path / "d"), "--classes", have[0], "cat")
+    assert r.returncode == 2 and "cat" in r.stderr and "at least two classes" in r.stderr
+    assert not (tmp_path / "d").exists()

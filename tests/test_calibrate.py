@@ -113,3 +113,44 @@ def test_calibrate_missing_checkpoint_is_a_clear_error(tmp_path):
                "--out", str(tmp_path / "x.pt"))  # fmt: skip
     assert r.returncode == 2 and f"{tmp_path / 'absent.pt'}: checkpoint not found" in r.stderr
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_folder_or_a_foreign_file_as_checkpoint_says_what_it_is(tmp_path):
+    import datetime
+
+    write_ndjson_per_class(tmp_path / "files", 5, seed=0)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(make_checkpoint(GRUClassifier(ModelConfig(num_classes=8, hidden_size=4)), ["a"] * 8,
+                                    "stroke3", {"min_len": 6, "max_len": 250}), run / "best.pt")  # fmt: skip
+    torch.save({"when": datetime.date(2020, 1, 1)}, tmp_path / "objects.pt")
+    (tmp_path / "notes.pt").write_text("hello\n")
+    for cmd in ("calibrate", "eval"):
+        r = doodle(
+            cmd, "--checkpoint", str(run), "--data", str(tmp_path / "files"), "--out", str(tmp_path / "o")
+        )
+        assert r.returncode == 2 and f"did you mean {run / 'best.pt'}?" in r.stderr, r.stderr
+        for bad in ("objects.pt", "notes.pt"):
+            r = doodle(cmd, "--checkpoint", str(tmp_path / bad), "--data", str(tmp_path / "files"),
+                       "--out", str(tmp_path / "o"))  # fmt: skip
+            assert r.returncode == 2 and f"{tmp_path / bad}: not a doodle-rnn checkpoint" in r.stderr, (
+                r.stderr
+            )
+            assert "weights_only" not in r.stderr and "Traceback" not in r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_small_jobs_run_on_one_thread_unless_told(tmp_path):
+    from doodle_rnn.data.synthetic import SHAPES
+
+    write_ndjson_per_class(tmp_path / "files", 10, seed=0)
+    model = GRUClassifier(ModelConfig(num_classes=len(SHAPES), hidden_size=4))
+    save_checkpoint(make_checkpoint(model, list(SHAPES), "stroke3", {"min_len": 6, "max_len": 250}),
+                    tmp_path / "m.pt")  # fmt: skip
+    common = ("--checkpoint", str(tmp_path / "m.pt"), "--data", str(tmp_path / "files"))
+    r = doodle("calibrate", *common, "--out", str(tmp_path / "c.pt"))
+    assert r.returncode == 0 and ", 1 thread)" in r.stdout, r.stdout + r.stderr
+    r = doodle("calibrate", *common, "--out", str(tmp_path / "c.pt"), "--num-threads", "2")
+    assert r.returncode == 0 and ", 2 threads)" in r.stdout, r.stdout + r.stderr
+    r = doodle("eval", *common, "--out", str(tmp_path / "ev"), "--num-threads", "0")
+    assert r.returncode == 2 and "--num-threads must be at least 1" in r.stderr

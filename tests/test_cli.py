@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
+from doodle_rnn import __version__
 from doodle_rnn.cli import COMMANDS
 
 
@@ -39,3 +41,34 @@ def test_every_command_help_documents_its_flags_and_defaults() -> None:
 def test_no_command_prints_help_and_fails() -> None:
     r = _doodle()
     assert r.returncode == 2 and "usage: doodle" in r.stdout
+
+
+def _help_entries(command: str) -> list[str]:
+    """One string per option of `doodle COMMAND --help`, line wrapping undone."""
+    flat = " ".join(_doodle(command, "--help").stdout.split(" options: ", 1)[-1].split())
+    entries: list[str] = []
+    for part in re.split(r" (?=--[a-z])", flat):
+        if entries and entries[-1].endswith(","):  # `--augment, --no-augment`
+            entries[-1] += " " + part
+        else:
+            entries.append(part)
+    return entries
+
+
+def test_help_shows_only_defaults_that_inform() -> None:
+    switches = ("--no-", "--all ", "--recognized-only", "--strict", "--resume", "--overwrite")
+    for name in COMMANDS:
+        for entry in _help_entries(name.replace("_", "-")):
+            assert "(default: None)" not in entry, (name, entry)
+            assert entry.count("(default") <= 1, (name, entry)  # never doubled
+            if entry.startswith(switches):
+                assert "(default: True)" not in entry and "(default: False)" not in entry, (name, entry)
+    train = {e.split()[0].rstrip(","): e for e in _help_entries("train")}
+    assert "(default" not in train["--data"] and "(default" not in train["--out"]  # required
+    assert train["--lr"].endswith("(default: 0.002)") and train["--augment"].endswith("(default: True)")
+    assert train["--num-threads"].count("(default") == 1
+
+
+def test_version() -> None:
+    r = _doodle("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"doodle-rnn {__version__}"

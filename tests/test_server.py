@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -115,6 +116,17 @@ def test_predict_raw_drawing_matches_the_library(http, clf):
     xy_only = [[s[0], s[1]] for s in strokes]  # strokes without times are accepted too
     r = http.post("/api/predict", json={"strokes": xy_only})
     assert r.status_code == 200 and len(r.json()["top"]) == 3
+
+
+def test_a_dataset_line_as_it_is_is_accepted(http):
+    rec = next(iter(raw_drawings(1, ("cat",))))  # word, key_id, recognized, drawing, ...
+    r = http.post("/api/predict", json=rec)
+    assert r.status_code == 200, r.text
+    assert r.json() == http.post("/api/predict", json={"strokes": rec["drawing"]}).json()
+    r = http.post("/api/predict", json={**rec, "drawing": [[[1, 2], [3]]]})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "drawing[0][1]"
+    r = http.post("/api/predict", json={"word": "cat"})
+    assert r.status_code == 422 and "`drawing`" in r.json()["error"]["rule"]
 
 
 def test_short_drawing_is_answered_and_flagged(http):
@@ -293,11 +305,13 @@ def test_doodle_serve_cli(ckpt, tmp_path):
     )  # fmt: skip
     try:
         url, seen = None, []
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a starved machine (nice 19 beside training) takes minutes
         while url is None and time.monotonic() < deadline:
             line = proc.stdout.readline().decode()
             seen.append(line)
             m = re.search(r"running on (http://127\.0\.0\.1:\d+)", line, re.I)
+            if m:
+                assert any(f"model: {ckpt.resolve()} (8 classes" in x for x in seen), "".join(seen)
             url = m.group(1) if m else None
             assert line or proc.poll() is None, "".join(seen)
         assert url, "".join(seen)
@@ -309,3 +323,14 @@ def test_doodle_serve_cli(ckpt, tmp_path):
     r = subprocess.run([sys.executable, "-m", "doodle_rnn", "serve", "--checkpoint", str(tmp_path / "x.pt")],
                        capture_output=True, timeout=60)  # fmt: skip
     assert r.returncode == 2 and b"x.pt" in r.stderr
+
+
+def test_doodle_serve_on_a_taken_port_says_so(ckpt):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "doodle_rnn", "serve", "--checkpoint", str(ckpt), "--port", str(port)],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in r.stderr, r.stderr
+    assert "--port" in r.stderr and "Errno" not in r.stderr and "Traceback" not in r.stderr

@@ -107,6 +107,28 @@ def test_user_errors_are_one_line(tmp_path, small_cache):
     assert r.returncode == 2 and "last.pt does not exist" in r.stderr
 
 
+def test_a_run_folder_holding_a_run_is_refused_unless_resume_or_overwrite(small_cache, tmp_path):
+    run = tmp_path / "run"
+    args = ("train", "--data", str(small_cache), "--out", str(run), "--epochs", "1", "--hidden-size", "8",
+            "--batch-size", "64", "--num-threads", "1", "--max-steps", "2", "--log-every", "1000")  # fmt: skip
+    assert _cli(*args).returncode == 0
+    (run / "eval").mkdir()
+    (run / "model.onnx").write_bytes(b"old export")
+    before = {f: (run / f).read_bytes() for f in ("best.pt", "metrics.jsonl")}
+    r = _cli(*args)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.splitlines()) == 1
+    assert "already holds a training run" in r.stderr and "best.pt" in r.stderr
+    assert "--resume" in r.stderr and "--overwrite" in r.stderr and "model.onnx" in r.stderr
+    assert {f: (run / f).read_bytes() for f in before} == before  # nothing was touched
+    r = _cli(*args, "--overwrite", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    assert "removed the previous run" in r.stdout and "model.onnx" in r.stderr and "eval/" in r.stderr
+    assert (run / "best.pt").read_bytes() != before["best.pt"]
+    assert json.loads((run / "config.json").read_text())["seed"] == 3
+    r = _cli(*args, "--overwrite", "--resume")
+    assert r.returncode == 2 and "give one" in r.stderr
+
+
 def test_resume_after_sigkill_equals_an_uninterrupted_run(small_cache, tmp_path):
     args = ["--data", str(small_cache), "--epochs", "3", "--hidden-size", "16", "--batch-size", "16",
             "--num-threads", "1", "--log-every", "5", "--patience", "10"]  # fmt: skip
@@ -195,6 +217,8 @@ def test_lr_find_writes_plots_and_suggests_a_rate(small_cache, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "lr_find.json").read_text())
     assert f"suggested lr: {res['suggested_lr']:.2e}" in r.stdout
+    assert r.stdout.startswith("lr-find: up to 60 batches")  # says what it does before the batches run
+    assert f"doodle train --data {small_cache} --out RUN_DIR --lr {res['suggested_lr']:.1e}" in r.stdout
     lrs = res["lr"]
     assert lrs[0] == pytest.approx(1e-5) and all(b > a for a, b in zip(lrs, lrs[1:], strict=False))
     assert 1e-5 <= res["suggested_lr"] <= res["min_loss_lr"] / 10 + 1e-12

@@ -87,9 +87,11 @@ def collect_logits(model, ev, batch_size: int, device, max_drawings: int | None,
 def calibrate_checkpoint(
     checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path, split: str | None = "val",
     batch_size: int = 1024, device: str = "auto", max_drawings: int | None = 200_000,
+    num_threads: int | None = None,
 ) -> dict:  # fmt: skip
     """Fit a temperature on held-out data and save a copy of the checkpoint that carries it."""
     from doodle_rnn.checkpoint import save_checkpoint
+    from doodle_rnn.threads import use_threads
 
     ckpt, model = load_model(checkpoint)
     ev = load_eval_data(inputs, ckpt, split)
@@ -97,6 +99,7 @@ def calibrate_checkpoint(
         raise EvalError(
             f"only {len(ev.indices)} drawing(s) to calibrate on; a temperature needs held-out data"
         )
+    use_threads(num_threads, min(len(ev.indices), max_drawings or len(ev.indices)))
     logits, labels = collect_logits(model, ev, batch_size, resolve_device(device), max_drawings)
     before = calibration_numbers(logits, labels, float(ckpt.get("temperature", 1.0)))
     t = fit_temperature(logits, labels)

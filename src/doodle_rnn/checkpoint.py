@@ -17,6 +17,7 @@ the previous good file.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -82,6 +83,21 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> None:
         raise
 
 
+def missing_model_message(path: str | Path, what: str = "checkpoint") -> str:
+    """Why `path` is no model file, with the likely right path: a run folder points to its best.pt."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".onnx") and p.is_file())
+        best = [n for n in ("best.pt", "calibrated.pt", "model.onnx") if n in found] or found
+        if best:
+            also = f" (it also holds {', '.join(n for n in found if n != best[0])})" if len(found) > 1 else ""
+            return f"{path} is a folder, not a {what} file; did you mean {path / best[0]}?{also}"
+        return (
+            f"{path} is a folder that holds no .pt or .onnx file; give a {what} file such as RUN_DIR/best.pt"
+        )
+    return f"{path}: {what} not found"
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load safely (weights_only=True); a missing, corrupt or foreign file is a clear error naming it.
 
@@ -94,11 +110,21 @@ def load_checkpoint(path: str | Path) -> dict:
     except ShippedModelError as exc:
         raise CheckpointError(str(exc)) from exc
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointError(missing_model_message(path))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        # Never pass on torch's advice to retry with weights_only=False: that runs the file's code.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        why = (
+            f"it holds Python objects ({found.group(1)}) that a safe load does not run"
+            if found
+            else "it is not in PyTorch's checkpoint format"
+        )
+        raise CheckpointError(
+            f"{path}: not a doodle-rnn checkpoint ({why}); use a .pt written by `doodle train` or "
+            "`doodle calibrate`, or an .onnx from `doodle export`"
+        ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         hint = (
             " (a reference-project checkpoint? convert it with `doodle import-reference`)"

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from doodle_rnn import __version__
+
 COMMANDS = [
     "download",
     "prepare",
@@ -27,11 +29,31 @@ COMMANDS = [
 ]
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show `(default: X)` only where it informs: a value the flag takes when it is not given.
+
+    Left out: required flags, defaults of None (the help says what absence means), switches without a
+    value (`--no-progress` is on when given; its stored default True read as "no progress by default"),
+    and help that already states its default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or "(default" in text or action.required:
+            return text
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        if action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction):
+            return text  # store_true / store_false / store_const / count switches
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="doodle",
         description="Recognise Quick, Draw! doodles from pen strokes with a recurrent network.",
     )
+    parser.add_argument("--version", action="version", version=f"doodle-rnn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name in COMMANDS:
         try:
@@ -44,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
             name.replace("_", "-"),
             help=mod.HELP,
             description=getattr(mod, "DESCRIPTION", mod.HELP),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

@@ -40,6 +40,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 42
     resume: bool = False
+    overwrite: bool = False
     max_steps: int | None = None
     grad_accum: int = 1
     hidden_size: int = 192
@@ -75,6 +76,8 @@ class TrainConfig:
             raise TrainError("--conv-kernel must be an odd number >= 1 (the convolution keeps the length)")
         if self.max_steps is not None and self.max_steps < 1:
             raise TrainError("--max-steps must be at least 1")
+        if self.resume and self.overwrite:
+            raise TrainError("--resume continues the run in --out and --overwrite replaces it: give one")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

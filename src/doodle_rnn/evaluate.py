@@ -634,13 +634,15 @@ def load_model(checkpoint: str | Path):
 
 def run_evaluation(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path, split: str | None = None,
                    batch_size: int = 1024, device: str = "auto", recognized_only: bool = True,
-                   progress: bool = False, early: bool = True, early_max: int | None = 5000) -> dict:  # fmt: skip
+                   progress: bool = False, early: bool = True, early_max: int | None = 5000,
+                   num_threads: int | None = None) -> dict:  # fmt: skip
     """`doodle eval`: load, predict, measure, plot, and write DIR/summary.json + DIR/report.html.
 
     early: also measure the early-guessing curve (`early_guessing_of`) on up to `early_max` drawings.
     """
     from doodle_rnn import plots, report
     from doodle_rnn.models import ShippedModelError, resolve_model
+    from doodle_rnn.threads import use_threads
 
     t0 = time.perf_counter()
     try:
@@ -652,6 +654,7 @@ def run_evaluation(checkpoint: str | Path, inputs: Sequence[str | Path], out: st
     ev = load_eval_data(inputs, ckpt, split, recognized_only)
     if len(ev.indices) == 0:
         raise EvalError(f"no drawings to evaluate in split {split or 'test'} of {inputs[0]}")
+    use_threads(num_threads, len(ev.indices))  # small jobs: one thread (see threads.py)
     temperature = float(ckpt.get("temperature", 1.0))
     t_pred = time.perf_counter()
     pr = evaluate_data(model, ev, temperature, batch_size, dev, progress)

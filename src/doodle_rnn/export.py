@@ -273,7 +273,9 @@ def verify_parity(ckpt: dict, onnx_path: str | Path, batches) -> float:
     from doodle_rnn.checkpoint import build_model
 
     model = build_model(ckpt)
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()  # the same as torch: see threads.py
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     worst = 0.0
     with torch.inference_mode():
         for x, lengths in batches:

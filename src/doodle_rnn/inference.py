@@ -172,7 +172,9 @@ class Classifier:
         except ShippedModelError as exc:
             raise InferenceError(str(exc)) from exc
         if not path.is_file():
-            raise InferenceError(f"{path}: model file not found")
+            from doodle_rnn.checkpoint import missing_model_message
+
+            raise InferenceError(missing_model_message(path, "model"))
         if path.suffix.lower() == ".onnx":
             return cls._load_onnx(path, backend, threads)
         from doodle_rnn.checkpoint import load_checkpoint

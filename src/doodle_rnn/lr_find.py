@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -71,6 +72,11 @@ def lr_find(cfg: LRFindConfig) -> dict:
     avg, best, epoch = 0.0, math.inf, 0
     batches: list[np.ndarray] = []
     stop = "end_lr"
+    from tqdm import tqdm
+
+    print(f"lr-find: up to {cfg.num_iter} batches of {cfg.batch_size}, lr {cfg.start_lr:.1e} -> {cfg.end_lr:.1e} "
+          f"on {device}, {torch.get_num_threads()} thread(s)", flush=True)  # fmt: skip
+    bar = tqdm(total=cfg.num_iter, desc="lr-find", unit="batch", leave=False, disable=not sys.stderr.isatty())
     for it in range(cfg.num_iter):
         if not batches:  # cycle through the data as often as needed
             batches = bucket_batches(
@@ -102,9 +108,12 @@ def lr_find(cfg: LRFindConfig) -> dict:
         smoothed.append(s)
         grad_norms.append(gn)
         best = min(best, s)
+        bar.update(1)
+        bar.set_postfix(lr=f"{lr:.1e}", loss=f"{s:.3f}")
         if not math.isfinite(value) or s > cfg.diverge * best:
             stop = "diverged"
             break
+    bar.close()
     suggested = suggest(lrs, smoothed)
     i_min = int(np.argmin(smoothed))
     out = Path(cfg.out)

@@ -38,6 +38,7 @@ from doodle_rnn.data.encode import ENCODING_VERSION
 from doodle_rnn.data.prefixes import random_prefixes
 from doodle_rnn.memory import keep_freed_memory
 from doodle_rnn.model import GRUClassifier, ModelConfig
+from doodle_rnn.text import plural, some
 
 # ---------------------------------------------------------------- setup
 
@@ -249,6 +250,41 @@ def train(cfg: TrainConfig) -> dict:
                 dist.destroy_process_group()
 
 
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "config.json")
+
+
+def _claim_run_dir(out: Path, cfg: TrainConfig, d: Dist) -> None:
+    """Refuse a RUN_DIR that already holds a run unless --resume or --overwrite says what to do with it.
+
+    Without this a new run would silently replace best.pt with a worse model and truncate
+    metrics.jsonl while the old run's evaluation, calibrated copy and ONNX export stay beside it.
+    """
+    if cfg.resume or not out.is_dir():
+        return
+    held = [f for f in RUN_FILES if (out / f).exists()]
+    if not held:
+        return
+    others = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if p.name not in RUN_FILES)
+    others = [n for n in others if not n.startswith(".")]
+    if not cfg.overwrite:
+        made = f"; it also holds {some(others)}, made from that run" if others else ""
+        raise TrainError(
+            f"{out} already holds a training run ({', '.join(held)}){made}. Add --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+    if d.main:
+        for f in held:
+            (out / f).unlink(missing_ok=True)
+        print(f"--overwrite: removed the previous run's {', '.join(held)} from {out}", flush=True)
+        if others:
+            print(
+                f"warning: {out} still holds {some(others)} from the previous run; they do not describe "
+                "the new model (remake or remove them)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
 def _train(cfg: TrainConfig, d: Dist) -> dict:
     from tqdm import tqdm
 
@@ -302,15 +338,16 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             conv_kernel=cfg.conv_kernel,
         )
 
+    _claim_run_dir(out, cfg, d)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         print(f"config: {json.dumps(asdict(cfg))}", flush=True)
         print(
-            f"data: {len(cache.classes)} classes, train {len(train_idx)}, val {len(val_idx)}, "
+            f"data: {plural(len(cache.classes), 'class', 'classes')}, train {len(train_idx)}, val {len(val_idx)}, "
             f"encoding {cache.encoding}; device {device}"
             + (f" x {d.world} ranks" if d.world > 1 else "")
-            + f", {torch.get_num_threads()} threads",
+            + f", {plural(torch.get_num_threads(), 'thread')}",
             flush=True,
         )
 
@@ -489,11 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m doodle_rnn.train` (and torchrun): the same flags as `doodle train`."""
     import argparse
 
+    from doodle_rnn.cli import HelpFormatter
     from doodle_rnn.commands.train import add_arguments, run
 
-    p = argparse.ArgumentParser(
-        prog="python -m doodle_rnn.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="python -m doodle_rnn.train", formatter_class=HelpFormatter)
     add_arguments(p)
     args = p.parse_args(argv)
     try:

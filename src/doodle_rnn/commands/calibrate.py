@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda or cuda:N")
     p.add_argument("--max-drawings", type=int, default=200_000,
                    help="fit on a fixed random sample of at most this many drawings (memory: N x classes floats)")  # fmt: skip
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="CPU threads for torch (default: 1 for up to 50,000 drawings, else torch's choice)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_drawings < 2:
         raise UserError("--max-drawings must be at least 2")
+    if args.num_threads is not None and args.num_threads < 1:
+        raise UserError("--num-threads must be at least 1")
     split = args.split
     if split is None and len(args.data) == 1 and is_cache(args.data[0]):
         split = "val"
@@ -47,11 +51,17 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         c = calibrate_checkpoint(args.checkpoint, args.data, args.out, split=split, batch_size=args.batch_size,
-                                 device=args.device, max_drawings=args.max_drawings)  # fmt: skip
+                                 device=args.device, max_drawings=args.max_drawings,
+                                 num_threads=args.num_threads)  # fmt: skip
     except EvalError as exc:
         raise UserError(str(exc)) from exc
     b, a = c["before"], c["after"]
-    print(f"fitted on {c['n_drawings']} drawings ({c['split']}); ECE over 15 equal-width bins")
+    import torch
+
+    from doodle_rnn.text import plural
+
+    print(f"fitted on {plural(c['n_drawings'], 'drawing')} ({c['split']}, {plural(torch.get_num_threads(), 'thread')}); "
+          "ECE over 15 equal-width bins")  # fmt: skip
     print(f"before: temperature {b['temperature']:.4f}  NLL {b['nll']:.4f}  ECE {b['ece']:.4f}")
     print(f"after:  temperature {a['temperature']:.4f}  NLL {a['nll']:.4f}  ECE {a['ece']:.4f}")
     print(f"wrote {args.out}")

@@ -33,39 +33,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--early-max", type=int, default=5000, metavar="N",
                    help="measure the early-guessing curve on at most N drawings (a fixed random subset; "
                    "0: all; default 5000)")  # fmt: skip
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="CPU threads for torch (default: 1 for up to 50,000 drawings, else torch's choice)")  # fmt: skip
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from doodle_rnn.cli import UserError
     from doodle_rnn.evaluate import EvalError, run_evaluation
+    from doodle_rnn.text import plural, some
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     if args.early_max < 0:
         raise UserError("--early-max must be 0 (all drawings) or more")
+    if args.num_threads is not None and args.num_threads < 1:
+        raise UserError("--num-threads must be at least 1")
     try:
         s = run_evaluation(
             args.checkpoint, args.data, args.out, split=args.split, batch_size=args.batch_size, device=args.device,
             recognized_only=not args.include_unrecognized, progress=args.progress and sys.stderr.isatty(),
-            early=args.early, early_max=args.early_max or None,
+            early=args.early, early_max=args.early_max or None, num_threads=args.num_threads,
         )  # fmt: skip
     except EvalError as exc:
         raise UserError(str(exc)) from exc
     m = s["metrics"]
     cls = s["classes"]
-    if cls["checkpoint_classes_without_data"]:
-        print(f"note: no data for {len(cls['checkpoint_classes_without_data'])} checkpoint class(es), left out: "
-              f"{', '.join(cls['checkpoint_classes_without_data'])}", file=sys.stderr)  # fmt: skip
-    if cls["data_classes_not_in_checkpoint"]:
-        dropped = ", ".join(f"{k} ({v})" for k, v in cls["data_classes_not_in_checkpoint"].items())
-        print(f"note: classes unknown to the checkpoint, drawings dropped: {dropped}", file=sys.stderr)
+    absent = cls["checkpoint_classes_without_data"]
+    if absent:
+        print(f"note: no data for {plural(len(absent), 'checkpoint class', 'checkpoint classes')}, left out: "
+              f"{some(absent)}", file=sys.stderr)  # fmt: skip
+    unknown = cls["data_classes_not_in_checkpoint"]
+    if unknown:  # one short line: a folder of all 345 classes must not print them all
+        names = some([f"{k} ({v})" for k, v in sorted(unknown.items(), key=lambda kv: -kv[1])])
+        print(f"note: {plural(len(unknown), 'class', 'classes')} unknown to the checkpoint, "
+              f"{plural(sum(unknown.values()), 'drawing')} dropped: {names} (all in {args.out}/summary.json)",
+              file=sys.stderr)  # fmt: skip
     sk = s["skipped"]
     if sk["total"]:
-        print(f"skipped {sk['total']} drawing(s): " + ", ".join(f"{r}: {k}" for r, k in sk["by_reason"].items()),
+        print(f"skipped {sk['total']} drawing(s): " + ", ".join(f"{r}: {k}" for r, k in sk["by_reason"].items() if k),
               file=sys.stderr)  # fmt: skip
     print(
-        f"{s['n_drawings']} drawings, {len(cls['evaluated'])} classes: top-1 {m['top1']:.4f}, top-3 {m['top3']:.4f}, "
+        f"{plural(s['n_drawings'], 'drawing')}, {plural(len(cls['evaluated']), 'class', 'classes')}: top-1 {m['top1']:.4f}, top-3 {m['top3']:.4f}, "
         f"macro F1 {m['macro']['f1']:.4f}, NLL {m['nll']:.4f}, ECE {m['ece']:.4f} (15 equal-width bins), "
         f"temperature {s['temperature']:.3f}"
     )
@@ -86,5 +97,6 @@ def run(args: argparse.Namespace) -> int:
               f"on the first 25/50/75/100% of strokes {strokes}; recognised for good after a median {median} "
               f"of points, never {ttr['never_recognised']:.1%}")  # fmt: skip
     print(f"wrote {args.out}/summary.json, {args.out}/report.html and {len(s['plots'])} plots "
-          f"({s['seconds']:.1f}s, {s['drawings_per_second']:,.0f} drawings/s on {s['device']})")  # fmt: skip
+          f"({s['seconds']:.1f}s, {s['drawings_per_second']:,.0f} drawings/s on {s['device']}, "
+          f"{plural(torch.get_num_threads(), 'thread')})")  # fmt: skip
     return 0

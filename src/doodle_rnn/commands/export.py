@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--check-drawings", type=int, default=64,
                    help="synthetic drawings (mixed lengths) used for the parity check")  # fmt: skip
+    p.add_argument("--num-threads", type=int, default=1,
+                   help="CPU threads for torch and ONNX Runtime (the parity check is small: 1 is fastest)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,8 +45,12 @@ def run(args: argparse.Namespace) -> int:
     from doodle_rnn.data.encode import LengthRules, encode_batch
     from doodle_rnn.data.synthetic import generate
     from doodle_rnn.export import export_onnx, quantize_int8, verify_parity
+    from doodle_rnn.threads import use_threads
 
     out = Path(args.onnx)
+    if args.num_threads < 1:
+        raise UserError("--num-threads must be at least 1")
+    use_threads(args.num_threads, args.check_drawings)
     if out.suffix.lower() != ".onnx":
         raise UserError(f"--onnx {out}: the output name must end in .onnx")
     try:

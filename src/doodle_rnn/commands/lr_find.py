@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from doodle_rnn.config import DEVICES, LRFindConfig
 
@@ -72,4 +73,25 @@ def run(args: argparse.Namespace) -> int:
         f"suggested lr: {res['suggested_lr']:.2e} (smoothed loss lowest at {res['min_loss_lr']:.2e}; "
         f"{res['iterations']} batches, stop: {res['stop']}); plots in {args.out}/lr_find.png and grad_norm.png"
     )
+    for line in advice(res["suggested_lr"], res["iterations"], args.data):
+        print(line)
     return 0
+
+
+def advice(lr: float, batches: int, data: str) -> list[str]:
+    """How to use the suggestion, and when not to trust it over the recipe's default."""
+    from doodle_rnn.config import TrainConfig
+
+    default = TrainConfig.lr
+    lines = [
+        f"to use it: doodle train --data {data} --out RUN_DIR --lr {lr:.1e} (the default --lr is {default:g})"
+    ]
+    ratio = max(lr / default, default / lr) if lr > 0 else math.inf
+    if ratio >= 10:
+        lines.append(
+            f"note: that is {ratio:.0f}x {'below' if lr < default else 'above'} the default, which the reference "
+            f"recipe was tuned with; a range test on a fresh model is noisy (this one: {batches} batches). Check "
+            f"that lr_find.png falls steadily before its suggestion, and compare both rates in short runs "
+            f"(--max-steps 300, same --data) by their val_loss before a long run; if unsure, keep the default."
+        )
+    return lines

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-per-class", type=int, default=None, help="keep at most N drawings per class")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--recognized-only", dest="recognized_only", action="store_true", default=True,
-                   help="keep only drawings the game recognised")  # fmt: skip
+                   help="keep only drawings the game recognised (the default)")  # fmt: skip
     g.add_argument(
         "--all", dest="recognized_only", action="store_false", help="keep unrecognised drawings too"
     )
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from doodle_rnn.cli import UserError
     from doodle_rnn.data.cache import CacheError, PrepareConfig, prepare_cache
     from doodle_rnn.data.formats import DataFormatError, SkipReport
+    from doodle_rnn.text import plural
 
     try:
         classes = resolve_classes(args.classes) if args.classes else None
@@ -70,10 +71,14 @@ def run(args: argparse.Namespace) -> int:
         rep.examples[path] = info["examples"]
     for line in rep.summary_lines():
         print(line, file=sys.stderr)
+    if m.get("missing_classes"):
+        print(f"warning: no drawings of the requested class(es) {', '.join(m['missing_classes'])} in the "
+              f"inputs; the cache holds {plural(len(m['classes']), 'class', 'classes')} without them",
+              file=sys.stderr)  # fmt: skip
     sc = m["split_counts"]
     rate = m["n_drawings"] / max(m["seconds"], 1e-9)
     print(
-        f"wrote {args.out}: {m['n_drawings']} drawings of {len(m['classes'])} classes "
+        f"wrote {args.out}: {plural(m['n_drawings'], 'drawing')} of {plural(len(m['classes']), 'class', 'classes')} "
         f"(train {sc['train']}, val {sc['val']}, test {sc['test']}), {m['n_steps']} steps, encoding {m['encoding']}; "
         f"dropped {m['dropped']}; skipped {skipped['total']} bad records; {m['seconds']:.1f}s ({rate:,.0f} drawings/s)"
     )

@@ -44,6 +44,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="uvicorn log level")  # fmt: skip
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """A taken port is a one-line error with what to do, not uvicorn's `[Errno 98]` after loading the model."""
+    import errno
+    import socket
+
+    from doodle_rnn.cli import UserError
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host}: not an address of this machine ({exc.strerror})") from exc
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(
+                    f"port {port} on {host} is already in use (another `doodle serve`?); stop that server, "
+                    "or pick another port with --port N (--port 0 picks a free one)"
+                ) from exc
+            if exc.errno == errno.EACCES:
+                raise UserError(f"port {port} needs administrator rights; use a port above 1023") from exc
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import os
@@ -59,23 +88,31 @@ def run(args: argparse.Namespace) -> int:
     except ShippedModelError as exc:
         raise UserError(str(exc)) from exc
     if not Path(args.checkpoint).is_file():
-        raise UserError(f"{args.checkpoint}: model file not found")
+        from doodle_rnn.checkpoint import missing_model_message
+
+        raise UserError(missing_model_message(args.checkpoint, "model"))
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, not {args.workers}")
     limits = {"max_body_bytes": args.max_body_bytes, "max_strokes": args.max_strokes,
               "max_points": args.max_points, "max_batch": args.max_batch}  # fmt: skip
     if min(limits.values()) < 1:
         raise UserError("the --max-* limits must be positive")
+    _check_port_free(args.host, args.port)
     common = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": False}
     if args.workers == 1:
         from doodle_rnn.server.app import Limits, create_app
+        from doodle_rnn.text import plural
 
         try:
             app = create_app(args.checkpoint, Limits(**limits), args.backend)
         except ValueError as exc:  # CheckpointError, InferenceError
             raise UserError(str(exc)) from exc
+        info = app.state.classifier.info
+        print(f"model: {Path(args.checkpoint).resolve()} ({plural(len(info['classes']), 'class', 'classes')}, "
+              f"encoding {info['encoding']}, backend {info['backend']})", flush=True)  # fmt: skip
         uvicorn.run(app, **common)
         return 0
+    print(f"model: {Path(args.checkpoint).resolve()} (loaded by each of {args.workers} workers)", flush=True)
     # Several processes: each worker builds the app from the environment (uvicorn imports by name).
     os.environ.update(DOODLE_CHECKPOINT=str(Path(args.checkpoint).resolve()), DOODLE_BACKEND=args.backend,
                       DOODLE_LIMITS=json.dumps(limits))  # fmt: skip

@@ -78,6 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seed of initialisation, batch order, augmentation, dropout",
     )
     p.add_argument("--resume", action="store_true", help="continue exactly from RUN_DIR/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in RUN_DIR (without it, a RUN_DIR holding a run is refused)")  # fmt: skip
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument(
         "--grad-accum",

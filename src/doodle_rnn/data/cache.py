@@ -241,7 +241,13 @@ def _merge(shards: list[_Shard], tmp: Path, cfg: PrepareConfig) -> dict:
         else [c for c in cfg.classes if any(c in s.words for s in shards)]
     )
     if not words:
-        raise CacheError("no usable drawings in the inputs (see the skipped counts above)")
+        raise CacheError(_nothing_usable(shards, cfg))
+    missing = [c for c in cfg.classes or [] if c not in words]
+    if missing and len(words) < 2:
+        raise CacheError(
+            f"no drawings of the requested class(es) {', '.join(missing)} in the inputs; only "
+            f"{', '.join(words)} is left, and a classifier needs at least two classes"
+        )
     class_id = {w: i for i, w in enumerate(words)}
     lengths_a = np.concatenate([s.lengths for s in shards])
     labels_a = np.concatenate(
@@ -313,6 +319,7 @@ def _merge(shards: list[_Shard], tmp: Path, cfg: PrepareConfig) -> dict:
         "encoding_version": ENCODING_VERSION,
         "length_rules": {"min_len": cfg.min_len, "max_len": cfg.max_len},
         "classes": words,
+        "missing_classes": missing,  # requested with --classes, but no usable drawing in the inputs
         "n_drawings": n,
         "n_steps": int(offsets[-1]),
         "split_counts": {sp: int((splits_all[sel] == k).sum()) for k, sp in enumerate(SPLITS)},
@@ -337,6 +344,25 @@ def _merge(shards: list[_Shard], tmp: Path, cfg: PrepareConfig) -> dict:
         },
         "skipped": skips.to_dict(),
     }
+
+
+def _nothing_usable(shards: list[_Shard], cfg: PrepareConfig) -> str:
+    """The error when no drawing survived: every skipped and dropped count, with first file:line positions."""
+    skips = SkipReport()
+    for s in shards:
+        skips.merge(s.skips)
+    read = sum(s.read for s in shards)
+    lines = [f"no usable drawings in the inputs ({read} well-formed, {skips.total} bad record(s) skipped)"]
+    lines += skips.summary_lines()
+    dropped = {
+        "too short (under --min-len steps)": sum(s.too_short for s in shards),
+        "not recognised by the game (keep them with --all)": sum(s.not_recognized for s in shards),
+        "of other classes than --classes": sum(s.other_class for s in shards),
+    }
+    lines += [f"dropped {k} drawing(s) {why}" for why, k in dropped.items() if k]
+    if len(lines) == 1:
+        lines.append("the inputs hold no drawings at all (empty files?)")
+    return "\n".join(lines)
 
 
 def _ranges(lengths: np.ndarray) -> np.ndarray:

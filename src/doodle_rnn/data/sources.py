@@ -21,11 +21,13 @@ How a file travels (why each step exists):
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import os
 import queue
 import re
+import socket
 import sys
 import threading
 import urllib.error
@@ -47,6 +49,10 @@ DEFAULT_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/full/"
 FORMATS = ("simplified", "raw")
 CHUNK_SIZE = 1 << 18  # 256 KiB: small enough for smooth progress, large enough to be cheap
 MAX_BACKOFF_S = 60.0
+UNREACHABLE_HINT = (
+    "check the network connection, or use --base-url URL for a mirror, --data-dir DIR for local files "
+    "(doodle quickstart), or run `doodle quickstart` without --download to use the bundled drawings"
+)
 USER_AGENT = f"doodle-rnn/{__version__} (+https://github.com/googlecreativelab/quickdraw-dataset)"
 
 Log = Callable[[str], None]
@@ -85,6 +91,7 @@ class DownloadReport:
     """Per-class outcomes of one `download_classes` call, in the order the classes were asked for."""
 
     results: list[ClassResult] = field(default_factory=list)
+    unreachable: str | None = None  # "cannot reach HOST (reason)" when the server could not be reached at all
 
     @property
     def ok(self) -> bool:
@@ -103,8 +110,16 @@ class DownloadReport:
             f"{len(done)}/{len(self.results)} classes OK ({counts['downloaded']} downloaded, "
             f"{counts['resumed']} resumed, {counts['skipped']} already complete), {_human(total)} on disk"
         ]
+        gone = [r for r in self.failed if self.unreachable and r.error == self.unreachable]
         for r in self.failed:
-            lines.append(f"FAILED {r.word!r}: {r.error} (url: {r.url})")
+            if r not in gone:
+                lines.append(f"FAILED {r.word!r}: {r.error} (url: {r.url})")
+        if gone:
+            names = ", ".join(repr(r.word) for r in gone[:5]) + (
+                f" and {len(gone) - 5} more" if len(gone) > 5 else ""
+            )
+            lines.append(f"FAILED {names}: {self.unreachable} (url: {gone[0].url}, ...)")
+            lines.append(f"the server cannot be reached: {UNREACHABLE_HINT}")
         return "\n".join(lines)
 
 
@@ -114,6 +129,10 @@ class _Retryable(Exception):
 
 class _Fatal(Exception):
     """A failure that retrying cannot fix (404, 403, a malformed URL)."""
+
+
+class _Unreachable(_Fatal):
+    """The host cannot be resolved or refuses connections: retrying a DNS error only wastes minutes."""
 
 
 def class_url(word: str, fmt: str = "simplified", base_url: str = DEFAULT_BASE_URL) -> str:
@@ -176,6 +195,7 @@ def download_classes(
     words = resolve_classes(list(classes))
     out_dir = Path(out_dir)
     paths = {w: output_path(out_dir, w) for w in words}  # check every name before touching the disk
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # removed again if left empty
     out_dir.mkdir(parents=True, exist_ok=True)
 
     from tqdm import tqdm  # a runtime dependency; imported here so importing this module stays light
@@ -183,7 +203,7 @@ def download_classes(
     show = progress and sys.stderr.isatty()
     say: Log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     stop = threading.Event()
-    settings = _Settings(fmt, max_per_class, retries, retry_delay, timeout, say, stop)
+    settings = _Settings(fmt, max_per_class, retries, retry_delay, timeout, say, stop, {})
     slots: queue.SimpleQueue[int] = queue.SimpleQueue()  # one screen row per worker for its bar
     for i in range(min(jobs, len(words))):
         slots.put(i + 1)
@@ -215,6 +235,12 @@ def download_classes(
     finally:
         pool.shutdown(wait=True)
         overall.close()
+        for p in created:  # a failed download leaves no empty folder behind
+            try:
+                p.rmdir()
+            except OSError:
+                break
+    report.unreachable = settings.unreachable.get("error")
     return report
 
 
@@ -229,6 +255,7 @@ class _Settings:
     timeout: float
     say: Log
     stop: threading.Event
+    unreachable: dict  # {"error": "cannot reach HOST (...)"} once the host proved unreachable: others stop
 
 
 def _download_one(word: str, url: str, final: Path, bar: tqdm, settings: _Settings) -> ClassResult:
@@ -263,6 +290,9 @@ def _fetch_with_retries(
     cap, say, stop = settings.cap, settings.say, settings.stop
     resumed_from = part.stat().st_size if part.exists() else 0
     failures = 0
+    if "error" in settings.unreachable:  # another class found the host unreachable: do not ask again
+        result.error = settings.unreachable["error"]
+        return result
     while True:
         result.attempts += 1
         before = part.stat().st_size if part.exists() else 0
@@ -270,22 +300,27 @@ def _fetch_with_retries(
             size, lines, capped = _attempt(url, part, cap, settings.timeout, bar, stop)
             break
         except _Fatal as exc:
-            result.error = str(exc)
-            say(f"{word}: failed: {exc} ({url})")
-            return result
+            if not isinstance(exc, _Unreachable) or result.attempts == 1:
+                if isinstance(exc, _Unreachable):  # the other classes need not ask again
+                    settings.unreachable.setdefault("error", str(exc))
+                result.error = str(exc)
+                say(f"{word}: failed: {exc} ({url})")
+                return result
+            error: Exception = exc  # unreachable after it answered earlier in this call (a restart?): retry
         except _Retryable as exc:
-            if stop.is_set():
-                result.error = "interrupted"
-                return result
-            after = part.stat().st_size if part.exists() else 0
-            failures = 0 if after > before else failures + 1  # progress earns a fresh set of retries
-            if failures > settings.retries:
-                result.error = f"{exc} (gave up after {result.attempts} attempts)"
-                say(f"{word}: failed: {result.error} ({url})")
-                return result
-            delay = min(settings.retry_delay * 2 ** max(failures - 1, 0), MAX_BACKOFF_S)
-            say(f"{word}: {exc}; retrying from byte {after} in {delay:.2g}s")
-            stop.wait(delay)  # a sleep that Ctrl-C (via `stop`) cuts short
+            error = exc
+        if stop.is_set():
+            result.error = "interrupted"
+            return result
+        after = part.stat().st_size if part.exists() else 0
+        failures = 0 if after > before else failures + 1  # progress earns a fresh set of retries
+        if failures > settings.retries:
+            result.error = f"{error} (gave up after {result.attempts} attempts)"
+            say(f"{word}: failed: {result.error} ({url})")
+            return result
+        delay = min(settings.retry_delay * 2 ** max(failures - 1, 0), MAX_BACKOFF_S)
+        say(f"{word}: {error}; retrying from byte {after} in {delay:.2g}s")
+        stop.wait(delay)  # a sleep that Ctrl-C (via `stop`) cuts short
 
     meta = {
         "format": settings.fmt,
@@ -335,8 +370,12 @@ def _attempt(
     except ValueError as exc:  # malformed URL / unknown scheme
         raise _Fatal(str(exc)) from exc
     except urllib.error.URLError as exc:
+        if _unreachable(exc.reason):
+            raise _Unreachable(f"cannot reach {_host(url)} ({_reason(exc.reason)})") from exc
         raise _Retryable(f"cannot connect: {exc.reason}") from exc
     except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, RemoteDisconnected
+        if _unreachable(exc):
+            raise _Unreachable(f"cannot reach {_host(url)} ({_reason(exc)})") from exc
         raise _Retryable(f"connection error: {exc!r}") from exc
 
     with resp:
@@ -385,6 +424,28 @@ def _attempt(
             part.unlink()
         raise _Retryable(f"connection dropped at byte {size} of {total}")
     return size, lines + (last not in (b"", b"\n")), False
+
+
+_NO_ROUTE = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH}
+
+
+def _unreachable(reason: object) -> bool:
+    """A name that does not resolve, or a host that refuses or cannot be routed to: not worth retrying."""
+    if isinstance(reason, socket.gaierror):
+        return True
+    return isinstance(reason, OSError) and reason.errno in _NO_ROUTE
+
+
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).netloc or url
+
+
+def _reason(reason: object) -> str:
+    if isinstance(reason, socket.gaierror):
+        return f"the name does not resolve: {reason.strerror or reason}"
+    if isinstance(reason, OSError) and reason.errno == errno.ECONNREFUSED:
+        return "connection refused: nothing listens there"
+    return str(getattr(reason, "strerror", None) or reason)
 
 
 def _reusable(final: Path, fmt: str, cap: int | None) -> tuple[int, int | None, int | None] | None:

@@ -227,7 +227,8 @@ def _resolve(item, value) -> None:
 class PredictRequest(BaseModel):
     strokes: list[list[list[float]]] = Field(
         description="strokes of one drawing: [[xs], [ys]] or [[xs], [ys], [ts]] each; raw screen "
-        "coordinates (any scale, ts in ms) or Google-simplified 0..255",
+        "coordinates (any scale, ts in ms) or Google-simplified 0..255; a dataset line's `drawing` field is "
+        "accepted in its place",
         examples=[[[[10, 60, 110], [20, 80, 20], [0, 40, 90]]]],
     )
     top_k: int = Field(3, ge=1, description="how many classes to return")
@@ -285,6 +286,17 @@ def _result(p: Prediction, clf: Classifier, view: bool) -> dict:
     return out
 
 
+def _strokes_field(body: dict) -> tuple[object, str]:
+    """(the drawing, its field name): `strokes`, or `drawing` as a Quick, Draw! dataset line names it."""
+    if "strokes" in body:
+        return body["strokes"], "strokes"
+    if "drawing" in body:
+        return body["drawing"], "drawing"
+    raise ApiError(
+        422, "strokes", "missing: must be a list of strokes (a dataset line's `drawing` is accepted too)"
+    )
+
+
 # --------------------------------------------------------------------------------------- app
 def create_app(checkpoint_path: str | Path, limits: Limits | None = None, backend: str = "auto") -> FastAPI:
     """The app for one model (`.pt` checkpoint or exported `.onnx`)."""
@@ -326,7 +338,7 @@ def create_app(checkpoint_path: str | Path, limits: Limits | None = None, backen
     async def predict(request: Request) -> Response:
         """Classify one drawing; also returns the drawing as the model sees it."""
         body = await _read_json(request, limits)
-        strokes = validate_drawing(body.get("strokes"), "strokes", limits)
+        strokes = validate_drawing(*_strokes_field(body), limits)
         k = _top_k(body, limits)
         (pred,) = await state["batcher"].submit([strokes], k)
         return _json(_result(pred, clf, view=True))
