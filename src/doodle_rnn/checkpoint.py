@@ -25,6 +25,7 @@ import torch
 
 from doodle_rnn import __version__
 from doodle_rnn.model import GRUClassifier, ModelConfig
+from doodle_rnn.text import missing_model_message
 
 FORMAT = "doodle-rnn-checkpoint"
 FORMAT_VERSION = 1
@@ -81,21 +82,6 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def missing_model_message(path: str | Path, what: str = "checkpoint") -> str:
-    """Why `path` is no model file, with the likely right path: a run folder points to its best.pt."""
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".onnx") and p.is_file())
-        best = [n for n in ("best.pt", "calibrated.pt", "model.onnx") if n in found] or found
-        if best:
-            also = f" (it also holds {', '.join(n for n in found if n != best[0])})" if len(found) > 1 else ""
-            return f"{path} is a folder, not a {what} file; did you mean {path / best[0]}?{also}"
-        return (
-            f"{path} is a folder that holds no .pt or .onnx file; give a {what} file such as RUN_DIR/best.pt"
-        )
-    return f"{path}: {what} not found"
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -172,7 +172,7 @@ class Classifier:
         except ShippedModelError as exc:
             raise InferenceError(str(exc)) from exc
         if not path.is_file():
-            from doodle_rnn.checkpoint import missing_model_message
+            from doodle_rnn.text import missing_model_message
 
             raise InferenceError(missing_model_message(path, "model"))
         if path.suffix.lower() == ".onnx":

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     except ShippedModelError as exc:
         raise UserError(str(exc)) from exc
     if not Path(args.checkpoint).is_file():
-        from doodle_rnn.checkpoint import missing_model_message
+        from doodle_rnn.text import missing_model_message
 
         raise UserError(missing_model_message(args.checkpoint, "model"))
     if args.workers < 1:
