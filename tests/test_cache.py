@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from doodle_rnn.data.encode import DEFAULT_ENCODING, LengthRules, encode_batch, 
 from doodle_rnn.data.synthetic import write_ndjson_per_class
 
 
-def test_prepare_real_sample_counts_match_files(tmp_path: Path, quickdraw_dir: Path) -> None:
-    src = quickdraw_dir / "simplified"
+def test_prepare_real_sample_counts_match_files(tmp_path: Path, bundled_dir: Path) -> None:
+    """The bundled real drawings (gzipped official files, 4,000 a class) prepared by the command."""
+    src = bundled_dir
     out = tmp_path / "c"
     r = subprocess.run(
         [sys.executable, "-m", "doodle_rnn", "prepare", "--data", str(src), "--out", str(out), "--jobs", "2"],
@@ -25,22 +27,24 @@ def test_prepare_real_sample_counts_match_files(tmp_path: Path, quickdraw_dir: P
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "manifest.json").read_text())
-    assert len(m["classes"]) == 345
+    files = sorted(src.glob("*.ndjson.gz"))
+    assert m["classes"] == [f.name.removesuffix(".ndjson.gz") for f in files] and len(files) == 10
     # recount from the files: recognised drawings with >= 6 steps, key_ids de-duplicated
     expected: dict[str, int] = {}
-    for f in sorted(src.glob("*.ndjson")):
-        recs = [orjson.loads(x) for x in f.read_bytes().splitlines() if x.strip()]
+    for f in files:
+        recs = [orjson.loads(x) for x in gzip.decompress(f.read_bytes()).splitlines() if x.strip()]
         recs = [x for x in recs if x["recognized"]]
         _, _, kept = encode_batch([x["drawing"] for x in recs], DEFAULT_ENCODING, LengthRules())
-        expected[f.stem] = len({recs[i]["key_id"] for i in kept})
+        expected[f.name.removesuffix(".ndjson.gz")] = len({recs[i]["key_id"] for i in kept})
     assert {w: sum(c.values()) for w, c in m["counts"].items()} == expected
     assert m["n_drawings"] == sum(expected.values()) == sum(m["split_counts"].values())
-    assert sum(s["read"] for s in m["sources"]) == 9810
+    assert sum(s["read"] for s in m["sources"]) == 40_000
+    assert m["dropped"]["duplicate_key_id"] > 0  # some key_ids repeat within a bundled file: each kept once
     c = DoodleCache(out)
     assert len(c) == m["n_drawings"] and c.steps.shape == (m["n_steps"], 3)
     assert isinstance(c.steps, np.memmap)
     # the cache holds exactly what the encoder makes of the first cow drawing
-    cow = [orjson.loads(x) for x in (src / "cow.ndjson").read_bytes().splitlines()]
+    cow = [orjson.loads(x) for x in gzip.decompress((src / "cow.ndjson.gz").read_bytes()).splitlines()]
     first = next(x for x in cow if x["recognized"])
     i = int(np.flatnonzero(np.asarray(c.key_ids) == first["key_id"].encode())[0])
     steps, _, _ = encode_batch([first["drawing"]], DEFAULT_ENCODING, LengthRules())

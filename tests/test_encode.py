@@ -85,22 +85,12 @@ def test_raw_capture_is_normalised_before_encoding() -> None:
     )
 
 
-def test_vectorised_passthrough_test_equals_is_simplified(quickdraw_dir) -> None:
+def _passthrough_agrees(drawings: list, raw: list) -> None:
     """Train/serve skew guard: the chunk path and the one-drawing path agree on what is 'simplified'."""
-    import orjson
-
     from doodle_rnn.data.encode import _flatten, simplified_mask
     from doodle_rnn.data.normalize import is_simplified
 
     rng = np.random.default_rng(0)
-    drawings = [
-        orjson.loads(x)["drawing"]
-        for x in (quickdraw_dir / "simplified" / "cow.ndjson").read_bytes().splitlines()
-    ]
-    raw = [
-        orjson.loads(x)["drawing"]
-        for x in next((quickdraw_dir / "raw").glob("*.ndjson")).read_bytes().splitlines()
-    ]
     variants = list(drawings)
     variants += [[[s[0], s[1]] for s in d] for d in raw[:20]]  # raw coordinates without times
     variants += [
@@ -112,3 +102,27 @@ def test_vectorised_passthrough_test_equals_is_simplified(quickdraw_dir) -> None
     mask = simplified_mask(_flatten(variants), len(variants))
     assert mask.tolist() == [is_simplified(v) for v in variants]
     assert mask[: len(drawings)].all() and not mask[len(drawings) :].all()
+
+
+def test_vectorised_passthrough_test_equals_is_simplified() -> None:
+    """On real simplified drawings (the bundled cows) and variants of them that are not simplified."""
+    import orjson
+    from conftest import bundled_lines
+
+    _passthrough_agrees([orjson.loads(x)["drawing"] for x in bundled_lines("cow", 1000)], raw=[])
+
+
+def test_vectorised_passthrough_on_raw_captures(quickdraw_dir) -> None:
+    """The same guard with real raw captures (pixel coordinates, only in the shared sample) among them."""
+    import orjson
+
+    drawings = [
+        orjson.loads(x)["drawing"]
+        for x in (quickdraw_dir / "simplified" / "cow.ndjson").read_bytes().splitlines()
+    ]
+    raw = [
+        orjson.loads(x)["drawing"]
+        for x in next((quickdraw_dir / "raw").glob("*.ndjson")).read_bytes().splitlines()
+    ]
+    assert len(raw) >= 20
+    _passthrough_agrees(drawings, raw)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from conftest import bundled_lines
 
 from doodle_rnn.data.formats import DataFormatError, SkipReport, iter_drawings, list_data_files
 
@@ -18,11 +19,15 @@ def _lines(path: Path) -> list[dict]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-def test_simplified_ndjson_reads_every_line(quickdraw_dir: Path) -> None:
-    path = quickdraw_dir / "simplified" / "cow.ndjson"
-    recs = _lines(path)
-    got = list(iter_drawings(path))
-    assert len(got) == len(recs) > 10
+def test_simplified_ndjson_reads_every_line(bundled_dir: Path, tmp_path: Path) -> None:
+    """Real simplified drawings, gzipped as bundled and plain as Google serves them, read line for line."""
+    gz = bundled_dir / "cow.ndjson.gz"
+    recs = [orjson.loads(x) for x in bundled_lines("cow")]
+    got = list(iter_drawings(gz))
+    assert len(got) == len(recs) == 4000
+    path = tmp_path / "cow.ndjson"
+    path.write_bytes(b"\n".join(bundled_lines("cow", 500)) + b"\n")
+    assert [(d.key_id, d.strokes) for d in iter_drawings(path)] == [(d.key_id, d.strokes) for d in got[:500]]
     assert [d.key_id for d in got] == [r["key_id"] for r in recs]
     assert got[0].strokes == recs[0]["drawing"] and got[0].word == "cow"
     assert got[0].countrycode == recs[0]["countrycode"] and got[0].recognized == recs[0]["recognized"]
@@ -83,8 +88,8 @@ def test_sketchrnn_npz(tmp_path: Path) -> None:
     assert len({d.key_id for d in got}) == 3
 
 
-def test_kaggle_and_reference_csv_match_ndjson(tmp_path: Path, quickdraw_dir: Path) -> None:
-    recs = _lines(quickdraw_dir / "simplified" / "cow.ndjson")[:5]
+def test_kaggle_and_reference_csv_match_ndjson(tmp_path: Path) -> None:
+    recs = [orjson.loads(x) for x in bundled_lines("cow", 5)]
     kaggle = tmp_path / "train_cow.csv"
     with open(kaggle, "w", newline="") as fh:
         w = csv.writer(fh)

@@ -194,7 +194,21 @@ def test_simplified_passes_through_unchanged():
     assert normalize_strokes([[[0.0, 255.0], [4.0, 9.0]]]) == [[[0, 255], [4, 9]]]
 
 
+def test_bundled_simplified_drawings_pass_through():
+    """The first 1,000 bundled real drawings of each class (10,000, as many as the shared sample holds)."""
+    from conftest import bundled_lines
+
+    from doodle_rnn.quickstart import bundled_classes
+
+    recs = [orjson.loads(line) for word in bundled_classes() for line in bundled_lines(word, 1000)]
+    assert len(recs) == 10_000 and len({r["word"] for r in recs}) == 10
+    for rec in recs:
+        assert is_simplified(rec["drawing"]), (rec["word"], rec["key_id"])
+    assert normalize_many([r["drawing"] for r in recs[::10]]) == [r["drawing"] for r in recs[::10]]
+
+
 def test_all_official_simplified_drawings_pass_through():
+    """The 345-class shared sample: every class's simplified drawings, not only the bundled animals."""
     data = need_data()
     n = 0
     for f in sorted((data / "simplified").glob("*.ndjson")):

@@ -1,6 +1,6 @@
 """The drawing page in a real headless Chromium against a real server.
 
-A real raw Quick, Draw! capture is replayed as mouse pointer events on the canvas; the page must show
+A real Quick, Draw! drawing (bundled with the package) is replayed as mouse pointer events on the canvas; the page must show
 exactly what the API answers for the strokes the page itself captured (read back from
 `window.doodle.strokes` and POSTed by the test), and undo, clear and the game must work. With a model
 that announces ("I know: it's a cow!"), the call must come from the API's own answer crossing the
@@ -14,8 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
-from test_inference import build_tiny_checkpoint, raw_drawings
+from conftest import bundled_lines
+from test_inference import build_tiny_checkpoint
 from test_server import running_server
 
 from doodle_rnn.data.synthetic import generate
@@ -183,7 +185,10 @@ def api_top(base_url: str, strokes: list) -> list[tuple[str, float]]:
 
 
 def test_replayed_real_drawing_shows_the_api_answer(page, base_url):
-    drawing = raw_drawings(1, ("bicycle",))[0]["drawing"]
+    # a bundled real drawing (the first spider with 4+ strokes); the page captures its own times
+    drawing = next(
+        s for s in (orjson.loads(x)["drawing"] for x in bundled_lines("spider", 50)) if len(s) >= 4
+    )
     replay(page, drawing)
     strokes = settle(page)
     assert len(strokes) == len(drawing)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import http.server
 import json
 import os
@@ -24,9 +25,22 @@ CLASSES = ["--classes", "cow", "snake", "spider"]
 
 
 @pytest.fixture()
-def mirror(quickdraw_dir: Path):
-    """The shared sample served over HTTP on loopback, laid out like the official bucket."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(quickdraw_dir))
+def mirror_dir(tmp_path: Path) -> Path:
+    """Real drawings laid out like the official bucket: the bundled files, plain `simplified/<word>.ndjson`."""
+    from doodle_rnn.quickstart import bundled_data_dir
+
+    root = tmp_path / "bucket"
+    (root / "simplified").mkdir(parents=True)
+    for w in ("cow", "snake", "spider"):
+        data = gzip.decompress((bundled_data_dir() / f"{w}.ndjson.gz").read_bytes())
+        (root / "simplified" / f"{w}.ndjson").write_bytes(data)
+    return root
+
+
+@pytest.fixture()
+def mirror(mirror_dir: Path):
+    """The mirror directory served over HTTP on loopback."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mirror_dir))
     handler.log_message = lambda *a: None  # type: ignore[method-assign]
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -47,9 +61,7 @@ def _outputs_exist(work: Path) -> None:
     assert len(list((work / "eval").glob("*.png"))) >= 4
 
 
-def test_quickstart_from_mirror_then_serves_the_page(
-    tmp_path: Path, mirror: str, quickdraw_dir: Path
-) -> None:
+def test_quickstart_from_mirror_then_serves_the_page(tmp_path: Path, mirror: str, mirror_dir: Path) -> None:
     work = tmp_path / "qs"
     port = _free_port()
     cmd = [sys.executable, "-m", "doodle_rnn", "quickstart", "--workdir", str(work), "--base-url", mirror,
@@ -69,7 +81,7 @@ def test_quickstart_from_mirror_then_serves_the_page(
         assert any("serving the drawing page" in x for x in lines), "".join(lines)
         # downloaded files are the mirror's first 60 lines
         got = (work / "data" / "simplified" / "cow.ndjson").read_bytes().splitlines()
-        assert got == (quickdraw_dir / "simplified" / "cow.ndjson").read_bytes().splitlines()[:60]
+        assert got == (mirror_dir / "simplified" / "cow.ndjson").read_bytes().splitlines()[:60]
         _outputs_exist(work)
         base = f"http://127.0.0.1:{port}"
         for _ in range(100):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import subprocess
@@ -63,7 +64,23 @@ def test_render_file_svg_by_key_id(tmp_path):
     assert safe_name("../../etc/passwd") == "etc_passwd" and safe_name("hot dog") == "hot_dog"
 
 
-def test_render_cli_on_the_real_sample(tmp_path):
+def test_render_cli_on_bundled_real_drawings(tmp_path, bundled_dir):
+    """A bundled real simplified file (gzipped, as shipped): one drawing by key_id, the first few as SVG."""
+    simp = bundled_dir / "spider.ndjson.gz"
+    with gzip.open(simp, "rt") as fh:
+        key = json.loads(fh.readline())["key_id"]
+    r = doodle("render", str(simp), "--key-id", key, "--out", str(tmp_path / "png"))
+    assert r.returncode == 0, r.stderr
+    png = tmp_path / "png" / f"spider_{key}.png"
+    assert Image.open(png).size == (256, 256) and 0.005 < ink(png.read_bytes()).mean() < 0.3
+    r = doodle("render", str(simp), "--limit", "3", "--format", "svg", "--out", str(tmp_path / "simp"))
+    assert r.returncode == 0 and len(list((tmp_path / "simp").glob("spider_*.svg"))) == 3
+    r = doodle("render", str(simp), "--key-id", "no-such-id", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "no-such-id" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_render_cli_on_a_real_raw_capture(tmp_path):
+    """Raw captures (screen pixels, with times) are only in the shared sample."""
     if not (SHARED / "raw").is_dir():
         pytest.skip("the real Quick, Draw! sample (../shared/data/quickdraw) is absent")
     raw = SHARED / "raw" / "cat.ndjson"

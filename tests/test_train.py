@@ -21,8 +21,6 @@ from doodle_rnn.data.encode import DEFAULT_ENCODING
 from doodle_rnn.data.synthetic import write_ndjson_per_class
 from doodle_rnn.train import TrainConfig, train
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "quickdraw"
-
 
 def _cache(root: Path, n: int, seed: int = 1) -> Path:
     write_ndjson_per_class(root / "syn", n, seed=seed)
@@ -198,11 +196,13 @@ def test_shard_batches_gives_every_rank_the_same_count():
     assert shard_batches(batches, 0, 1) == batches
 
 
-@pytest.mark.skipif(not (REAL / "simplified").is_dir(), reason="needs /work/shared real sample")
-def test_real_data_smoke_loss_falls(tmp_path):
+def test_real_data_smoke_loss_falls(tmp_path, bundled_dir):
+    """Real drawings (the bundled ones, 200 of each of 5 animals): two epochs and the loss falls."""
     classes = ["monkey", "cow", "snake", "spider", "octopus"]
-    prepare_cache(PrepareConfig(inputs=[str(REAL / "simplified" / f"{c}.ndjson") for c in classes],
-                                out=str(tmp_path / "cache"), progress=False))  # fmt: skip
+    m = prepare_cache(PrepareConfig(inputs=[str(bundled_dir / f"{c}.ndjson.gz") for c in classes],
+                                    out=str(tmp_path / "cache"), max_per_class=200, progress=False))  # fmt: skip
+    assert m["classes"] == sorted(classes)
+    assert all(190 <= sum(c.values()) <= 200 for c in m["counts"].values())  # a few too short or repeated
     summary = train(TrainConfig(data=str(tmp_path / "cache"), out=str(tmp_path / "run"), epochs=2, batch_size=32,
                                 hidden_size=32, num_threads=2, log_every=10_000, patience=5))  # fmt: skip
     ep = _epochs(tmp_path / "run")
