@@ -240,8 +240,6 @@ def plot_confused_pairs(pairs: Sequence[dict], path: Path) -> Path:
 def plot_early_guessing(early: dict, path: Path) -> Path:
     """Top-1 / top-3 against the share of each drawing shown (points; strokes as markers), and how many
     drawings are recognised for good by each share of their points."""
-    from matplotlib.ticker import PercentFormatter
-
     fig = _figure(11.0, 4.6)
     ax, axr = fig.subplots(1, 2, width_ratios=[3, 2])
     for name, color in (("top1", "#1f77b4"), ("top3", "#2ca02c")):
@@ -256,14 +254,7 @@ def plot_early_guessing(early: dict, path: Path) -> Path:
             ax.annotate(
                 f"{v:.0%}", (p, v), textcoords="offset points", xytext=(0, -13), ha="center", fontsize=7
             )
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(0, 1.02)
-    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.grid(alpha=0.3)
-    ax.set_xlabel("share of each drawing shown (points or strokes, in drawing order)")
-    ax.set_ylabel("accuracy")
-    ax.legend(loc="lower right", fontsize=8)
+    _shares_axes(ax, "share of each drawing shown (points or strokes, in drawing order)", "accuracy")
     ax.set_title(
         f"Early guessing ({early['n_drawings']:,} drawings, each prefix sent as a capture)", fontsize=11
     )
@@ -275,16 +266,23 @@ def plot_early_guessing(early: dict, path: Path) -> Path:
                     label=f"median over recognised: {ttr['median_share']:.0%} of points")  # fmt: skip
     axr.axhline(1 - ttr["never_recognised"], color="#d62728", ls=":", lw=1,
                 label=f"recognised at 100%: {1 - ttr['never_recognised']:.1%} (never: {ttr['never_recognised']:.1%})")  # fmt: skip
-    axr.set_xlim(0, 1.02)
-    axr.set_ylim(0, 1.02)
-    axr.xaxis.set_major_formatter(PercentFormatter(1.0))
-    axr.yaxis.set_major_formatter(PercentFormatter(1.0))
-    axr.grid(alpha=0.3)
-    axr.set_xlabel("share of points drawn")
-    axr.set_ylabel("drawings recognised for good")
-    axr.legend(loc="lower right", fontsize=8)
+    _shares_axes(axr, "share of points drawn", "drawings recognised for good")
     axr.set_title("Time to recognition (right from here to the end)", fontsize=11)
     return _save(fig, path)
+
+
+def _shares_axes(ax, xlabel: str, ylabel: str) -> None:
+    """Both axes 0-100% (shares of a drawing, accuracies), grid and legend: the early-guessing panels."""
+    from matplotlib.ticker import PercentFormatter
+
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.grid(alpha=0.3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="lower right", fontsize=8)
 
 
 def write_all(
