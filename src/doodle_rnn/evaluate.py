@@ -568,13 +568,6 @@ def _key_of(data, row: int) -> str:
     return k.decode() if isinstance(k, bytes | np.bytes_) else str(k)
 
 
-def early_guessing(clf, strokes_list: Sequence[Sequence], labels: Sequence, columns=None) -> dict:
-    """The early-guessing curve and time to recognition (see `doodle_rnn.early`); for benchmarks and cards."""
-    from doodle_rnn import early
-
-    return early.early_guessing(clf, strokes_list, labels, columns)
-
-
 def early_guessing_of(ckpt: dict, ev: EvalData, pr: Predictions, max_drawings: int | None = 5000,
                       seed: int = 0) -> dict:  # fmt: skip
     """The curve for the drawings of an evaluation, through the capture path of a `Classifier`.

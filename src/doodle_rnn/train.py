@@ -407,9 +407,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         opt.zero_grad(set_to_none=True)
         hit_max = False
         for i, b in enumerate(batches):
-            x, lengths, y = _batch_tensors(
-                cache, train_idx[b], device, cfg.prefix_prob, _epoch_rng(cfg, epoch, i, d.rank, 1)
-            )
+            prefix_rng = _epoch_rng(cfg, epoch, i, d.rank, 1) if cfg.prefix_prob > 0 else None
+            x, lengths, y = _batch_tensors(cache, train_idx[b], device, cfg.prefix_prob, prefix_rng)
             if cfg.augment:
                 x = augment_features(x, lengths, _epoch_rng(cfg, epoch, i, d.rank))
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
