@@ -339,6 +339,10 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         )
 
     _claim_run_dir(out, cfg, d)
+    if d.world > 1:  # every rank judges the folder as it was, before rank 0 writes config.json into it
+        import torch.distributed as dist
+
+        dist.barrier()
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
