@@ -33,7 +33,7 @@ from doodle_rnn.export import export_onnx, quantize_int8
 from doodle_rnn.inference import Classifier
 from doodle_rnn.model import GRUClassifier, ModelConfig
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "quickdraw"
+SHARED = Path(os.environ.get("DOODLE_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data" / "quickdraw"
 
 
 def load_drawings(kind: str, per_class: int, limit: int) -> list[tuple[str, list]]:

@@ -46,7 +46,8 @@ ANIMALS = (
     "snake",
     "spider",
 )
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "quickdraw" / "simplified"
+SHARED = Path(os.environ.get("DOODLE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+REAL = SHARED / "data" / "quickdraw" / "simplified"
 
 
 def make_data(out: Path, per_class: int, seed: int) -> None:
@@ -72,14 +73,27 @@ def make_data(out: Path, per_class: int, seed: int) -> None:
                 fh.write(orjson.dumps(rec) + b"\n")
 
 
-def matmul_peak(n: int = 1536, reps: int = 8) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, reps: int = 8) -> float:
+    """Best GFLOP/s of a square matrix product, measured in this run with this run's threads.
+
+    The peak travels between machines better than drawings/s: a fraction of it says how much of
+    what the hardware offered the loop used (steal time and a busy neighbour lower both)."""
+    n = 8192 if device.type == "cuda" else 1536
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
     best = 0.0
     for _ in range(reps):
+        _sync(device)
         t0 = time.perf_counter()
         torch.mm(a, b)
+        _sync(device)
         best = max(best, 2 * n**3 / (time.perf_counter() - t0))
     return best / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def flops_per_step(model: GRUClassifier) -> float:
@@ -101,6 +115,8 @@ def main() -> int:
     p.add_argument("--batching", default="random", choices=("random", "bucket"), help="training batches")
     p.add_argument("--impl", default="auto", choices=("auto", "fused", "packed"), help="GRU implementation")
     p.add_argument("--batch-size", type=int, default=192, help="batch size")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train (cuda: packed nn.GRU)")
+    p.add_argument("--lr", type=float, default=0.002, help="peak learning rate")
     p.add_argument(
         "--fp32", action="store_true", help="fp32 products even where the CPU has fast bf16 (--no-amp)"
     )
@@ -117,13 +133,16 @@ def main() -> int:
                                     test_frac=0.0, encoding=args.encoding, progress=False))  # fmt: skip
         cache = DoodleCache(tmp / "cache")
         tr, va = cache.split_indices("train"), cache.split_indices("val")
-        peak = matmul_peak()
+        device = torch.device(args.device)
+        peak = matmul_peak(device)
+        peak_bf16 = matmul_peak(device, torch.bfloat16)
         import doodle_rnn.model as model_mod
 
         model_mod.GRUClassifier.__init__.__defaults__ = (args.impl,)  # the impl train() builds with
         cfg = TrainConfig(data=str(tmp / "cache"), out=str(tmp / "run"), epochs=1, batch_size=args.batch_size,
                           max_steps=args.max_batches, num_threads=args.num_threads, log_every=10**9,
-                          batching=args.batching, amp=not args.fp32)  # fmt: skip
+                          batching=args.batching, amp=not args.fp32,
+                          device=args.device, lr=args.lr)  # fmt: skip
         stdout, sys.stdout = sys.stdout, open(os.devnull, "w")  # noqa: SIM115 - train() prints its log
         try:
             train(cfg)
@@ -134,15 +153,17 @@ def main() -> int:
         n_train = int(round(rec["train_drawings_per_s"] * rec["train_seconds"]))
         from doodle_rnn.checkpoint import build_model, load_checkpoint
 
-        model = build_model(load_checkpoint(tmp / "run" / "last.pt"))
+        model = build_model(load_checkpoint(tmp / "run" / "last.pt")).to(device)
         model.impl = args.impl
-        if cfg.amp and cpu_has_fast_bf16():
+        if cfg.amp and device.type == "cpu" and cpu_has_fast_bf16():
             model.matmul_dtype = torch.bfloat16  # as train() validates
         vidx = va
         if args.max_batches:
             vidx = np.random.default_rng(1).permutation(va)[: args.max_batches * args.batch_size]
+        amp_dtype = torch.bfloat16 if cfg.amp and device.type == "cuda" else None
         t0 = time.perf_counter()
-        val = evaluate(model, cache, vidx, args.batch_size, torch.device("cpu"))
+        val = evaluate(model, cache, vidx, args.batch_size, device, amp_dtype=amp_dtype)
+        _sync(device)
         val_secs = time.perf_counter() - t0
         fps = flops_per_step(model)
         mean_steps_train = float(cache.lengths[tr].mean())
@@ -164,8 +185,10 @@ def main() -> int:
             "val": {"drawings": len(vidx), "seconds": round(val_secs, 2), "drawings_per_s": round(val_dps, 1),
                     "gflops": round(val_gflops, 1), "val_acc1": round(val["val_acc1"], 4)},
             "flops_per_step_forward": fps,
-            "matmul_peak_gflops_fp32": round(peak, 1),
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.backends.cpu.get_cpu_capability()})",
+            "matmul_peak_gflops": {"fp32": round(peak, 1), "bf16": round(peak_bf16, 1)},
             "fraction_of_peak": {"train": round(train_gflops / peak, 3), "val": round(val_gflops / peak, 3)},
+            "fraction_of_bf16_peak": {"train": round(train_gflops / peak_bf16, 3), "val": round(val_gflops / peak_bf16, 3)},
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "machine": f"{os.cpu_count()} CPUs, shared with other jobs (timings are noisy)",
             "torch": torch.__version__,
