@@ -53,11 +53,13 @@ timeout 75 $PY -m pytest -q -x -p no:cacheprovider tests/test_model.py
 step "issue 12: two variants side by side for ${TRAIN_SECONDS}s each (same GPU, same wall time)"
 common=(--data /tmp/w1k --epochs 60 --batch-size 512 --lr 0.003 --patience 6 --device cuda $AMP
     --log-every 200)
-timeout -k 20 "$TRAIN_SECONDS" $PY -m doodle_rnn train "${common[@]}" --out /tmp/runs/ref256 \
+timeout -s INT -k 20 "$TRAIN_SECONDS" $PY -m doodle_rnn train "${common[@]}" --out /tmp/runs/ref256 \
     --hidden-size 256 > "$OUT/ref256.log" 2>&1 &
-timeout -k 20 "$TRAIN_SECONDS" $PY -m doodle_rnn train "${common[@]}" --out /tmp/runs/conv \
+pids=($!)
+timeout -s INT -k 20 "$TRAIN_SECONDS" $PY -m doodle_rnn train "${common[@]}" --out /tmp/runs/conv \
     --conv-channels 64 96 > "$OUT/conv.log" 2>&1 &
-wait  # (SIGTERM, not SIGINT: a non-interactive shell starts background jobs with SIGINT ignored)
+pids+=($!)
+wait "${pids[@]}"  # by pid: a bare `wait` also waits for the tee above, which never ends (bash >= 5.1)
 for r in ref256 conv; do
     grep "^Epoch" "$OUT/$r.log" | tail -3
     cp /tmp/runs/$r/best.pt "$OUT/$r-best.pt"
