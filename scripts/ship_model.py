@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--eval-out", required=True, help="folder for the test-split evaluation")
     ap.add_argument("--command", action="append", default=[], help="a command that made the model (repeat)")
     ap.add_argument("--note", default="", help="one line on data and machine for the card")
+    ap.add_argument("--data-name", default="animals5k", help="the shared folder the cache was prepared from")
+    ap.add_argument("--num-threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument(
         "--max-val", type=int, default=None, help="replay only this many val drawings (smoke runs)"
     )
@@ -61,6 +63,10 @@ def main() -> None:
     from doodle_rnn.evaluate import run_evaluation
     from doodle_rnn.inference import Classifier
 
+    if args.num_threads:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         calibrated = Path(tmp) / "calibrated.pt"
@@ -80,7 +86,9 @@ def main() -> None:
         announce = choose_threshold(probs, labels)
         print(f"announce threshold {announce['threshold']:.3f}: {json.dumps(announce)}", flush=True)
 
-        summary = run_evaluation(calibrated, [args.data], args.eval_out, split="test")
+        summary = run_evaluation(
+            calibrated, [args.data], args.eval_out, split="test", num_threads=args.num_threads
+        )
         m = summary["metrics"]
         print(f"test top-1 {m['top1']:.4f} top-3 {m['top3']:.4f} nll {m['nll']:.4f} ece {m['ece']:.4f} "
               f"on {summary['n_drawings']} drawings", flush=True)  # fmt: skip
@@ -93,7 +101,7 @@ def main() -> None:
         "test": {
             "top1": m["top1"], "top3": m["top3"], "nll": m["nll"], "ece": m["ece"],
             "n_drawings": summary["n_drawings"],
-            "data": "real Quick, Draw! drawings: test split of `doodle prepare` (defaults) on animals5k",
+            "data": f"real Quick, Draw! drawings: test split of `doodle prepare` (defaults) on {args.data_name}",
             "early_guessing": summary.get("early_guessing"),
         },
         "validation": ckpt.get("metrics", {}),
