@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine_facts import machine_facts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "quickdraw"
 
@@ -68,7 +68,7 @@ def main() -> None:
 
     result: dict = {
         "benchmark": "prepare (ndjson -> cache)",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
+        "machine": machine_facts(),
         "jobs": args.jobs,
     }
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,7 +17,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import torch
+from machine_facts import machine_facts
 
 from doodle_rnn.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from doodle_rnn.data.batches import pad_features
@@ -33,7 +33,11 @@ from doodle_rnn.export import export_onnx, quantize_int8
 from doodle_rnn.inference import Classifier
 from doodle_rnn.model import GRUClassifier, ModelConfig
 
-SHARED = Path(os.environ.get("DOODLE_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data" / "quickdraw"
+SHARED = (
+    Path(os.environ.get("DOODLE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    / "data"
+    / "quickdraw"
+)
 
 
 def load_drawings(kind: str, per_class: int, limit: int) -> list[tuple[str, list]]:
@@ -158,7 +162,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         "onnxruntime_int8": Classifier.load(int8_path),
     }
     result: dict = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f}",
+        "machine": machine_facts(),
         "model": {**ckpt["model_config"], "weights": "trained" if args.checkpoint else "random"},
         "data": {
             "simplified_drawings": len(simp_strokes),

@@ -16,12 +16,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import orjson  # noqa: E402
+from machine_facts import machine_facts  # noqa: E402
 
 from doodle_rnn.data.normalize import normalize_many  # noqa: E402
 
@@ -112,7 +112,7 @@ def main() -> None:
                 "drawings_per_s": round(n / best, 1),
                 "raw_points_per_s": round(n_points / best),
                 "timing": f"best of {args.repeats}, normalize_many only (JSON parsing excluded), 1 numpy thread",
-                "machine": f"{platform.machine()} {os.cpu_count()} CPUs (shared box, possibly loaded)",
+                "machine": machine_facts(),
             },
             indent=1,
         )

@@ -17,7 +17,6 @@ import argparse
 import glob
 import http.client
 import json
-import os
 import re
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from machine_facts import machine_facts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "quickdraw"
 
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace, ckpt: Path, seconds: float, clients: int) -> N
         "latency_ms": {"p50": round(float(np.percentile(ms, 50)), 2), "p99": round(float(np.percentile(ms, 99)), 2),
                        "max": round(float(ms.max()), 2)},
         "payload": "real raw drawings (x, y, t) from the shared sample, top_k 3, with model_view in the answer",
-        "machine": f"{os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f} (client and server share them)",
+        "machine": machine_facts(),
     }, indent=1))  # fmt: skip
 
 

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import orjson
 import torch
+from machine_facts import cpu_steal, machine_facts, sync_device
 
 from doodle_rnn.data.cache import DoodleCache, PrepareConfig, prepare_cache
 from doodle_rnn.data.formats import iter_drawings
 from doodle_rnn.model import GRUClassifier
-from doodle_rnn.train import TrainConfig, cpu_has_fast_bf16, evaluate, train
+from doodle_rnn.train import cpu_has_fast_bf16, evaluate
 
 ANIMALS = (
     "butterfly",
@@ -73,29 +75,6 @@ def make_data(out: Path, per_class: int, seed: int) -> None:
                 fh.write(orjson.dumps(rec) + b"\n")
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, reps: int = 8) -> float:
-    """Best GFLOP/s of a square matrix product, measured in this run with this run's threads.
-
-    The peak travels between machines better than drawings/s: a fraction of it says how much of
-    what the hardware offered the loop used (steal time and a busy neighbour lower both)."""
-    n = 8192 if device.type == "cuda" else 1536
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    torch.mm(a, b)
-    best = 0.0
-    for _ in range(reps):
-        _sync(device)
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
-    return best / 1e9
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def flops_per_step(model: GRUClassifier) -> float:
     c = model.cfg
     dirs = 2 if c.bidirectional else 1
@@ -115,7 +94,9 @@ def main() -> int:
     p.add_argument("--batching", default="random", choices=("random", "bucket"), help="training batches")
     p.add_argument("--impl", default="auto", choices=("auto", "fused", "packed"), help="GRU implementation")
     p.add_argument("--batch-size", type=int, default=192, help="batch size")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train (cuda: packed nn.GRU)")
+    p.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"), help="where to train (cuda: packed nn.GRU)"
+    )
     p.add_argument("--lr", type=float, default=0.002, help="peak learning rate")
     p.add_argument(
         "--fp32", action="store_true", help="fp32 products even where the CPU has fast bf16 (--no-amp)"
@@ -134,36 +115,57 @@ def main() -> int:
         cache = DoodleCache(tmp / "cache")
         tr, va = cache.split_indices("train"), cache.split_indices("val")
         device = torch.device(args.device)
-        peak = matmul_peak(device)
-        peak_bf16 = matmul_peak(device, torch.bfloat16)
-        import doodle_rnn.model as model_mod
-
-        model_mod.GRUClassifier.__init__.__defaults__ = (args.impl,)  # the impl train() builds with
-        cfg = TrainConfig(data=str(tmp / "cache"), out=str(tmp / "run"), epochs=1, batch_size=args.batch_size,
-                          max_steps=args.max_batches, num_threads=args.num_threads, log_every=10**9,
-                          batching=args.batching, amp=not args.fp32,
-                          device=args.device, lr=args.lr)  # fmt: skip
-        stdout, sys.stdout = sys.stdout, open(os.devnull, "w")  # noqa: SIM115 - train() prints its log
-        try:
-            train(cfg)
-        finally:
-            sys.stdout.close()
-            sys.stdout = stdout
+        facts = machine_facts(args.device)
+        peak, peak_bf16 = facts["matmul_peak_gflops"]["fp32"], facts["matmul_peak_gflops"]["bf16"]
+        argv = [
+            "train",
+            "--data",
+            str(tmp / "cache"),
+            "--out",
+            str(tmp / "run"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            str(args.batch_size),
+            "--log-every",
+            str(10**9),
+            "--batching",
+            args.batching,
+            "--device",
+            args.device,
+            "--lr",
+            str(args.lr),
+            "--amp" if not args.fp32 else "--no-amp",
+        ]
+        if args.max_batches:
+            argv += ["--max-steps", str(args.max_batches)]
+        if args.num_threads:
+            argv += ["--num-threads", str(args.num_threads)]
+        # What a user waits for: a fresh `doodle train` process, from its start (imports, cache, model) to
+        # the checkpoint written and the process gone; the loop alone is its logged train_seconds.
+        code = (f"import doodle_rnn.model as m; m.GRUClassifier.__init__.__defaults__ = ({args.impl!r},); "
+                f"from doodle_rnn.cli import main; raise SystemExit(main({argv!r}))")  # fmt: skip
+        steal0 = cpu_steal()
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL)
+        whole_epoch = time.perf_counter() - t0
+        steal = cpu_steal(since=steal0)
         rec = [json.loads(x) for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+        child_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         n_train = int(round(rec["train_drawings_per_s"] * rec["train_seconds"]))
         from doodle_rnn.checkpoint import build_model, load_checkpoint
 
         model = build_model(load_checkpoint(tmp / "run" / "last.pt")).to(device)
         model.impl = args.impl
-        if cfg.amp and device.type == "cpu" and cpu_has_fast_bf16():
+        if not args.fp32 and device.type == "cpu" and cpu_has_fast_bf16():
             model.matmul_dtype = torch.bfloat16  # as train() validates
         vidx = va
         if args.max_batches:
             vidx = np.random.default_rng(1).permutation(va)[: args.max_batches * args.batch_size]
-        amp_dtype = torch.bfloat16 if cfg.amp and device.type == "cuda" else None
+        amp_dtype = torch.bfloat16 if not args.fp32 and device.type == "cuda" else None
         t0 = time.perf_counter()
         val = evaluate(model, cache, vidx, args.batch_size, device, amp_dtype=amp_dtype)
-        _sync(device)
+        sync_device(device)
         val_secs = time.perf_counter() - t0
         fps = flops_per_step(model)
         mean_steps_train = float(cache.lengths[tr].mean())
@@ -178,20 +180,19 @@ def main() -> int:
             "drawings": {"train": len(tr), "val": len(va), "mean_steps": round(float(cache.lengths.mean()), 1)},
             "model": {**model.cfg.to_dict(), "impl": args.impl, "batching": args.batching, "matmul_dtype": str(model.matmul_dtype or "float32")},
             "batch_size": args.batch_size,
-            "threads": torch.get_num_threads(),
             "max_batches": args.max_batches,
+            "whole_epoch": {"seconds": round(whole_epoch, 2), "what": "doodle train process: start to checkpoint written and exit",
+                            "peak_rss_mb": round(child_rss_mb, 1)},
+            "cpu_steal_share": steal,
             "train": {"drawings": n_train, "seconds": round(rec["train_seconds"], 2),
                       "drawings_per_s": round(rec["train_drawings_per_s"], 1), "gflops": round(train_gflops, 1)},
             "val": {"drawings": len(vidx), "seconds": round(val_secs, 2), "drawings_per_s": round(val_dps, 1),
                     "gflops": round(val_gflops, 1), "val_acc1": round(val["val_acc1"], 4)},
             "flops_per_step_forward": fps,
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.backends.cpu.get_cpu_capability()})",
-            "matmul_peak_gflops": {"fp32": round(peak, 1), "bf16": round(peak_bf16, 1)},
             "fraction_of_peak": {"train": round(train_gflops / peak, 3), "val": round(val_gflops / peak, 3)},
             "fraction_of_bf16_peak": {"train": round(train_gflops / peak_bf16, 3), "val": round(val_gflops / peak_bf16, 3)},
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "machine": f"{os.cpu_count()} CPUs, shared with other jobs (timings are noisy)",
-            "torch": torch.__version__,
+            "peak_rss_mb_validation_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "machine": facts,
         }))  # fmt: skip
     return 0
 
