@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from doodle_rnn.errors import DoodleError
+
 N_BINS = 15
 ECE_RULE = (
     "expected calibration error over 15 equal-width bins of top-1 confidence "
@@ -41,7 +43,7 @@ ECE_RULE = (
 NLL_EPS = 1e-12
 
 
-class EvalError(ValueError):
+class EvalError(DoodleError):
     """A problem with the evaluation inputs that the user can fix (the CLI prints it as `error: ...`)."""
 
 

@@ -44,6 +44,7 @@ from doodle_rnn.data.encode import (
     steps_to_features,
 )
 from doodle_rnn.data.formats import validate_strokes
+from doodle_rnn.errors import DoodleError
 
 BACKENDS = ("auto", "onnx", "torch")
 # ONNX Runtime's GRU kernel is fastest on small, length-sorted batches (measured in
@@ -51,7 +52,7 @@ BACKENDS = ("auto", "onnx", "torch")
 DEFAULT_CHUNK = 16
 
 
-class InferenceError(ValueError):
+class InferenceError(DoodleError):
     """A model file that cannot be used, or a drawing that is not a drawing."""
 
 

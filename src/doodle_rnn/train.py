@@ -36,6 +36,7 @@ from doodle_rnn.data.batches import augment_features, bucket_batches, pad_featur
 from doodle_rnn.data.cache import DoodleCache
 from doodle_rnn.data.encode import ENCODING_VERSION
 from doodle_rnn.data.prefixes import random_prefixes
+from doodle_rnn.errors import DoodleError
 from doodle_rnn.memory import keep_freed_memory
 from doodle_rnn.model import GRUClassifier, ModelConfig
 from doodle_rnn.text import plural, some
@@ -537,13 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return run(args)
-    except Exception as exc:
-        from doodle_rnn.cli import UserError
-
-        if isinstance(exc, UserError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except DoodleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from doodle_rnn.calibrate import calibrate_checkpoint
     from doodle_rnn.cli import UserError
-    from doodle_rnn.evaluate import EvalError, is_cache
+    from doodle_rnn.evaluate import is_cache
 
     if args.max_drawings < 2:
         raise UserError("--max-drawings must be at least 2")
@@ -49,12 +49,9 @@ def run(args: argparse.Namespace) -> int:
             "warning: fitting the temperature on the test split makes later test numbers optimistic",
             file=sys.stderr,
         )
-    try:
-        c = calibrate_checkpoint(args.checkpoint, args.data, args.out, split=split, batch_size=args.batch_size,
-                                 device=args.device, max_drawings=args.max_drawings,
-                                 num_threads=args.num_threads)  # fmt: skip
-    except EvalError as exc:
-        raise UserError(str(exc)) from exc
+    c = calibrate_checkpoint(args.checkpoint, args.data, args.out, split=split, batch_size=args.batch_size,
+                             device=args.device, max_drawings=args.max_drawings,
+                             num_threads=args.num_threads)  # fmt: skip
     b, a = c["before"], c["after"]
     import torch
 

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from doodle_rnn.cli import UserError
-    from doodle_rnn.evaluate import EvalError, run_evaluation
+    from doodle_rnn.evaluate import run_evaluation
     from doodle_rnn.text import plural, some
 
     if args.batch_size < 1:
@@ -51,14 +51,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--early-max must be 0 (all drawings) or more")
     if args.num_threads is not None and args.num_threads < 1:
         raise UserError("--num-threads must be at least 1")
-    try:
-        s = run_evaluation(
-            args.checkpoint, args.data, args.out, split=args.split, batch_size=args.batch_size, device=args.device,
-            recognized_only=not args.include_unrecognized, progress=args.progress and sys.stderr.isatty(),
-            early=args.early, early_max=args.early_max or None, num_threads=args.num_threads,
-        )  # fmt: skip
-    except EvalError as exc:
-        raise UserError(str(exc)) from exc
+    s = run_evaluation(
+        args.checkpoint, args.data, args.out, split=args.split, batch_size=args.batch_size, device=args.device,
+        recognized_only=not args.include_unrecognized, progress=args.progress and sys.stderr.isatty(),
+        early=args.early, early_max=args.early_max or None, num_threads=args.num_threads,
+    )  # fmt: skip
     m = s["metrics"]
     cls = s["classes"]
     absent = cls["checkpoint_classes_without_data"]

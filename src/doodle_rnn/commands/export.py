@@ -53,10 +53,7 @@ def run(args: argparse.Namespace) -> int:
     use_threads(args.num_threads, args.check_drawings)
     if out.suffix.lower() != ".onnx":
         raise UserError(f"--onnx {out}: the output name must end in .onnx")
-    try:
-        ckpt = load_checkpoint(args.checkpoint)
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    ckpt = load_checkpoint(args.checkpoint)
     export_onnx(ckpt, out)
     # Parity on drawings of mixed lengths in batches of 16 (padding must not change any logit).
     strokes = [d.strokes for d in generate(max(args.check_drawings, 2), seed=7)]

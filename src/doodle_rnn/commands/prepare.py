@@ -43,26 +43,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from doodle_rnn.categories import UnknownClassError, resolve_classes
-    from doodle_rnn.cli import UserError
-    from doodle_rnn.data.cache import CacheError, PrepareConfig, prepare_cache
-    from doodle_rnn.data.formats import DataFormatError, SkipReport
+    from doodle_rnn.categories import resolve_classes
+    from doodle_rnn.data.cache import PrepareConfig, prepare_cache
+    from doodle_rnn.data.formats import SkipReport
     from doodle_rnn.text import plural
 
-    try:
-        classes = resolve_classes(args.classes) if args.classes else None
-    except UnknownClassError as exc:
-        raise UserError(str(exc)) from exc
+    classes = resolve_classes(args.classes) if args.classes else None
     cfg = PrepareConfig(
         inputs=args.data, out=args.out, classes=classes, max_per_class=args.max_per_class,
         recognized_only=args.recognized_only, val_frac=args.val_frac, test_frac=args.test_frac,
         encoding=args.encoding, min_len=args.min_len, max_len=args.max_len, seed=args.seed,
         jobs=args.jobs, strict=args.strict, progress=args.progress and sys.stderr.isatty(),
     )  # fmt: skip
-    try:
-        m = prepare_cache(cfg)
-    except (CacheError, DataFormatError) as exc:
-        raise UserError(str(exc)) from exc
+    m = prepare_cache(cfg)
     skipped = m["skipped"]
     rep = SkipReport()
     for path, info in skipped["files"].items():

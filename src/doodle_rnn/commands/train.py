@@ -117,12 +117,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from doodle_rnn.checkpoint import CheckpointError
-    from doodle_rnn.cli import UserError
-    from doodle_rnn.train import TrainError, train
+    from doodle_rnn.train import train
 
-    try:
-        train(config_from_args(args))
-    except (TrainError, CheckpointError) as exc:
-        raise UserError(str(exc)) from exc
+    train(config_from_args(args))
     return 0

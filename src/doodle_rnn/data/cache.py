@@ -45,13 +45,14 @@ from doodle_rnn.data.encode import (
     steps_to_features,
 )
 from doodle_rnn.data.formats import SkipReport, class_of_file, iter_drawings, list_data_files
+from doodle_rnn.errors import DoodleError
 
 SPLITS = ("train", "val", "test")
 CHUNK = 4096
 FORMAT_VERSION = 1
 
 
-class CacheError(ValueError):
+class CacheError(DoodleError):
     pass
 
 
