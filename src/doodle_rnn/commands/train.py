@@ -10,7 +10,7 @@ HELP = "train the recurrent classifier on a prepared cache, with checkpoints, lo
 DESCRIPTION = (
     "Train the GRU classifier on a cache written by `doodle prepare`. Writes RUN_DIR/config.json, "
     "RUN_DIR/metrics.jsonl, RUN_DIR/best.pt (best validation loss) and RUN_DIR/last.pt (resumable with "
-    "--resume). Also runs under torchrun as `python -m doodle_rnn.train` for data-parallel training."
+    "--resume). Runs under torchrun for data-parallel training: `torchrun --nproc_per_node N -m doodle_rnn train ...`."
 )
 
 
