@@ -69,7 +69,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100)
 
 def collect_logits(model, ev, batch_size: int, device, max_drawings: int | None, seed: int = 0):
     """Raw logits (temperature 1) over the evaluated classes, and the true labels, for (a sample of) `ev`."""
-    from doodle_rnn.data.batches import iterate_cache
+    from doodle_rnn.tensors import iterate_cache
 
     pick = np.arange(len(ev.indices))
     if max_drawings is not None and len(pick) > max_drawings:

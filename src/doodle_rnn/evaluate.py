@@ -510,7 +510,7 @@ def evaluate_data(model, ev: EvalData, temperature: float = 1.0, batch_size: int
     import torch
     from tqdm import tqdm
 
-    from doodle_rnn.data.batches import iterate_cache
+    from doodle_rnn.tensors import iterate_cache
 
     device = device or torch.device("cpu")
     model.to(device)

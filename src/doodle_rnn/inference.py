@@ -1,7 +1,7 @@
 """`Classifier`: load a trained model and predict any drawing, the same way it was trained.
 
 Every drawing goes through the one path training used: `encode.encode_batch` (which normalises raw
-captures to Google's simplified form) and `batches.pad_features`; nothing here preprocesses on its own,
+captures to Google's simplified form) and `tensors.pad_features`; nothing here preprocesses on its own,
 so the browser, the CLI, the server and the Python API cannot drift from the training data.
 
 Backends. A model runs on one of two engines with the same logits (parity-tested to 1e-4):
@@ -130,7 +130,7 @@ def _announce_threshold(card: dict, source: str) -> float | None:
 
 
 def _pad(steps: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The shared padding path (`encode.pad_steps`, which `batches.pad_features` wraps for training)."""
+    """The shared padding path (`encode.pad_steps`, which `tensors.pad_features` wraps for training)."""
     return pad_steps(steps, lengths)
 
 

@@ -32,12 +32,13 @@ import torch.nn.functional as F
 
 from doodle_rnn.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from doodle_rnn.config import TrainConfig, TrainError
-from doodle_rnn.data.batches import augment_features, bucket_batches, pad_features, shard_batches
+from doodle_rnn.data.batches import bucket_batches, shard_batches
 from doodle_rnn.data.cache import DoodleCache
 from doodle_rnn.data.encode import ENCODING_VERSION
 from doodle_rnn.data.prefixes import random_prefixes
 from doodle_rnn.memory import keep_freed_memory
 from doodle_rnn.model import GRUClassifier, ModelConfig
+from doodle_rnn.tensors import augment_features, pad_features
 from doodle_rnn.text import plural, some
 
 # ---------------------------------------------------------------- setup

@@ -41,10 +41,10 @@ def run(args: argparse.Namespace) -> int:
 
     from doodle_rnn.checkpoint import load_checkpoint
     from doodle_rnn.cli import UserError
-    from doodle_rnn.data.batches import pad_features
     from doodle_rnn.data.encode import LengthRules, encode_batch
     from doodle_rnn.data.synthetic import generate
     from doodle_rnn.export import export_onnx, quantize_int8, verify_parity
+    from doodle_rnn.tensors import pad_features
     from doodle_rnn.threads import use_threads
 
     out = Path(args.onnx)

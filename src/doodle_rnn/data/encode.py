@@ -185,7 +185,7 @@ def steps_to_features(steps: np.ndarray) -> np.ndarray:
 def pad_steps(steps: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Concatenated int16 steps + lengths -> zero-padded float32 features [B, T, 3] and int64 lengths [B].
 
-    numpy only, so an ONNX Runtime server needs no torch; `batches.pad_features` wraps it for torch.
+    numpy only, so an ONNX Runtime server needs no torch; `doodle_rnn.tensors.pad_features` wraps it for torch.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     b, t = len(lengths), int(lengths.max()) if len(lengths) else 0
