@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -60,21 +61,26 @@ def _imported_names(path: Path) -> set[str]:
     return out
 
 
+def _import_in_fresh_python(names: list[str], probe: str) -> list:
+    """Import `names` one after another in a new interpreter; `probe` (an expression) after each."""
+    code = (
+        "import importlib, json, sys\n"
+        "seen = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    importlib.import_module(name)\n"
+        f"    seen.append({probe})\n"
+        "print(json.dumps(seen))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1])
+
+
 def test_data_modules_never_import_torch() -> None:
     """Every `doodle_rnn.data.*` module imports, in a fresh interpreter, without bringing torch in."""
     data = [n for n in _library_modules() if n.startswith("doodle_rnn.data")]
     assert {"doodle_rnn.data.batches", "doodle_rnn.data.cache", "doodle_rnn.data.encode"} <= set(data)
-    code = (
-        "import importlib, sys\n"
-        "for name in sys.argv[1:]:\n"
-        "    importlib.import_module(name)\n"
-        "    if 'torch' in sys.modules:\n"
-        "        sys.exit(f'{name} imported torch')\n"
-        "print('ok', len(sys.argv) - 1)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code, *data], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["ok", str(len(data))]
+    assert _import_in_fresh_python(data, "'torch' in sys.modules") == [False] * len(data)
     for p in (SRC / "data").rglob("*.py"):  # nor lazily, inside a function
         assert not {n for n in _imported_names(p) if n.split(".")[0] == "torch"}, p
 
@@ -88,13 +94,5 @@ def test_library_never_imports_the_command_layer() -> None:
         path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
         up = {n for n in _imported_names(path) if n.startswith(COMMAND_LAYER) or n == "doodle_rnn.cli"}
         assert not up, f"{name} imports {sorted(up)}"
-    code = (
-        "import importlib, sys\n"
-        "for name in sys.argv[1:]:\n"
-        "    importlib.import_module(name)\n"
-        "up = sorted(m for m in sys.modules if m == 'doodle_rnn.cli' or m.startswith('doodle_rnn.commands'))\n"
-        "print(up)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code, *library], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[]"
+    up = "sorted(m for m in sys.modules if m.startswith(('doodle_rnn.cli', 'doodle_rnn.commands')))"
+    assert _import_in_fresh_python(library, up) == [[]] * len(library)
