@@ -45,6 +45,7 @@ from doodle_rnn.data.encode import (
 )
 from doodle_rnn.data.formats import validate_strokes
 from doodle_rnn.errors import DoodleError
+from doodle_rnn.probs import softmax
 
 BACKENDS = ("auto", "onnx", "torch")
 # ONNX Runtime's GRU kernel is fastest on small, length-sorted batches (measured in
@@ -342,10 +343,7 @@ class Classifier:
         logits = np.empty((n, len(self.classes)), np.float32)
         for idx, lg in zip(chunks, results, strict=True):
             logits[idx] = lg
-        z = logits / self.temperature
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(logits, self.temperature)
 
     def _executor(self):
         """Threads that run length-chunks at once (ONNX Runtime releases the GIL while it computes)."""

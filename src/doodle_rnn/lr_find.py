@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from doodle_rnn.config import LRFindConfig
 from doodle_rnn.data.batches import bucket_batches
 from doodle_rnn.data.cache import CacheError, DoodleCache
+from doodle_rnn.devices import pick_device
 from doodle_rnn.memory import keep_freed_memory
 from doodle_rnn.model import GRUClassifier, ModelConfig
 from doodle_rnn.tensors import augment_features, pad_features
-from doodle_rnn.train import TrainError, pick_device
+from doodle_rnn.train import TrainError
 
 
 def suggest(lrs: list[float], smoothed: list[float]) -> float:

@@ -36,27 +36,13 @@ from doodle_rnn.data.batches import bucket_batches, shard_batches
 from doodle_rnn.data.cache import DoodleCache
 from doodle_rnn.data.encode import ENCODING_VERSION
 from doodle_rnn.data.prefixes import random_prefixes
+from doodle_rnn.devices import pick_device
 from doodle_rnn.memory import keep_freed_memory
 from doodle_rnn.model import GRUClassifier, ModelConfig
 from doodle_rnn.tensors import augment_features, pad_features
 from doodle_rnn.text import plural, some
 
 # ---------------------------------------------------------------- setup
-
-
-def pick_device(name: str) -> torch.device:
-    """auto: CUDA, then Apple MPS, then CPU. Asking for a device that is absent is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda: no CUDA device is available (try --device auto)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise TrainError("--device mps: Apple MPS is not available (try --device auto)")
-    return torch.device(name)
 
 
 @dataclass

@@ -25,7 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="split of a prepared cache to fit on (default: val; fitting on test would leak into the test numbers)")  # fmt: skip
     p.add_argument("--out", required=True, help="checkpoint file to write (the calibrated copy)")
     p.add_argument("--batch-size", type=int, default=1024, help="drawings per forward pass")
-    p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+    )
     p.add_argument("--max-drawings", type=int, default=200_000,
                    help="fit on a fixed random sample of at most this many drawings (memory: N x classes floats)")  # fmt: skip
     p.add_argument("--num-threads", type=int, default=None,

@@ -25,7 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="split of a prepared cache to evaluate (default: test); data files are always evaluated whole")  # fmt: skip
     p.add_argument("--out", required=True, help="folder for summary.json, the plots and report.html")
     p.add_argument("--batch-size", type=int, default=1024, help="drawings per forward pass (length-bucketed)")
-    p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+    )
     p.add_argument("--include-unrecognized", action="store_true",
                    help="with data files, also evaluate drawings the game did not recognise")  # fmt: skip
     p.add_argument("--no-early", dest="early", action="store_false",
