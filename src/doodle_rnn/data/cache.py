@@ -58,6 +58,8 @@ class CacheError(DoodleError):
 
 @dataclass
 class PrepareConfig:
+    """Settings of `doodle prepare`; its flags take their defaults from here (length rules: LengthRules)."""
+
     inputs: list[str]
     out: str
     classes: list[str] | None = None
@@ -66,8 +68,8 @@ class PrepareConfig:
     val_frac: float = 0.1
     test_frac: float = 0.1
     encoding: str = DEFAULT_ENCODING
-    min_len: int = 6
-    max_len: int = 250
+    min_len: int = LengthRules.min_len
+    max_len: int = LengthRules.max_len
     seed: int = 42
     jobs: int = 1
     strict: bool = False
