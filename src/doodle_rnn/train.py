@@ -105,7 +105,7 @@ def _epoch_rng(cfg: TrainConfig, epoch: int, *more: int) -> np.random.Generator:
     return np.random.default_rng([cfg.seed, epoch, *more])
 
 
-def _train_batches(
+def train_batches(
     cache: DoodleCache, train_idx: np.ndarray, cfg: TrainConfig, epoch: int
 ) -> list[np.ndarray]:
     """One epoch's training batches (positions into train_idx); identical on every rank for a seed."""
@@ -273,7 +273,7 @@ def _claim_run_dir(out: Path, cfg: TrainConfig, d: Dist) -> None:
 
 
 @dataclass
-class _Run:
+class TrainRun:
     """What a run holds from one epoch to the next: data, model, optimiser, and how far it has come."""
 
     cfg: TrainConfig
@@ -326,7 +326,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
 # ---------------------------------------------------------------- setup and resume
 
 
-def _setup(cfg: TrainConfig, d: Dist) -> _Run:
+def _setup(cfg: TrainConfig, d: Dist) -> TrainRun:
     """Open the data, claim RUN_DIR, build model and optimiser, and restore them on --resume."""
     out = Path(cfg.out)
     _set_threads(cfg, d)
@@ -335,7 +335,7 @@ def _setup(cfg: TrainConfig, d: Dist) -> _Run:
         device = torch.device("cuda", d.local_rank)
     cache, train_idx, val_idx = _open_data(cfg)
     resume_ckpt = _resume_checkpoint(out, cache, cfg) if cfg.resume else None
-    mcfg = ModelConfig(**resume_ckpt["model_config"]) if resume_ckpt else _model_config(cfg, cache)
+    mcfg = ModelConfig(**resume_ckpt["model_config"]) if resume_ckpt else model_config(cfg, cache)
 
     _claim_run_dir(out, cfg, d)
     if d.world > 1:  # every rank judges the folder as it was, before rank 0 writes config.json into it
@@ -345,28 +345,39 @@ def _setup(cfg: TrainConfig, d: Dist) -> _Run:
     if d.main:
         _start_run_dir(out, cfg, d, cache, len(train_idx), len(val_idx), device)
 
-    torch.manual_seed(cfg.seed)
-    model = GRUClassifier(mcfg).to(device)
-    if device.type == "cpu" and cfg.amp and cpu_has_fast_bf16():
-        model.matmul_dtype = torch.bfloat16  # fused GRU: bf16 products, fp32 states, gates and gradients
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    n_batches = len(shard_batches(_train_batches(cache, train_idx, cfg, 0), d.rank, d.world))
-    sched = _make_scheduler(cfg, opt, math.ceil(n_batches / cfg.grad_accum))
-    amp_dtype = _amp_dtype(cfg, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    run = _Run(cfg, d, out, device, cache, train_idx, val_idx, model, opt, sched, scaler, amp_dtype)
+    run = build_run(cfg, d, out, device, cache, train_idx, val_idx, mcfg)
     if resume_ckpt is not None:
         _restore(run, resume_ckpt)
-    run.net = model
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        run.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        run.net = DistributedDataParallel(
+            run.model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     run.log = _Log(out, d.main, run.start_epoch - 1 if resume_ckpt is not None else None)
     if resume_ckpt is not None and (resume_ckpt["train_state"]["stopped"] or run.start_epoch > cfg.epochs):
         run.stop_reason = resume_ckpt["train_state"].get("stop_reason", "epochs")
         run.start_epoch = cfg.epochs + 1  # nothing left to do
     return run
+
+
+def build_run(
+    cfg: TrainConfig, d: Dist, out: Path, device: torch.device, cache: DoodleCache,
+    train_idx: np.ndarray, val_idx: np.ndarray, mcfg: ModelConfig,
+) -> TrainRun:  # fmt: skip
+    """The recipe's model, optimiser (no decay on biases and gains), schedule and mixed precision."""
+    torch.manual_seed(cfg.seed)
+    model = GRUClassifier(mcfg).to(device)
+    if device.type == "cpu" and cfg.amp and cpu_has_fast_bf16():
+        model.matmul_dtype = torch.bfloat16  # fused GRU: bf16 products, fp32 states, gates and gradients
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    n_batches = len(shard_batches(train_batches(cache, train_idx, cfg, 0), d.rank, d.world))
+    sched = _make_scheduler(cfg, opt, math.ceil(n_batches / cfg.grad_accum))
+    amp_dtype = _amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    return TrainRun(
+        cfg, d, out, device, cache, train_idx, val_idx, model, opt, sched, scaler, amp_dtype, net=model
+    )
 
 
 def _set_threads(cfg: TrainConfig, d: Dist) -> None:
@@ -412,7 +423,7 @@ def _resume_checkpoint(out: Path, cache: DoodleCache, cfg: TrainConfig) -> dict:
     return ckpt
 
 
-def _model_config(cfg: TrainConfig, cache: DoodleCache) -> ModelConfig:
+def model_config(cfg: TrainConfig, cache: DoodleCache) -> ModelConfig:
     return ModelConfig(
         num_classes=len(cache.classes),
         hidden_size=cfg.hidden_size,
@@ -441,7 +452,7 @@ def _start_run_dir(
     )
 
 
-def _restore(run: _Run, ckpt: dict) -> None:
+def _restore(run: TrainRun, ckpt: dict) -> None:
     """Continue exactly where last.pt stopped: weights, optimiser, schedule, early stopping, RNG."""
     ts = ckpt["train_state"]
     run.model.load_state_dict(ckpt["model_state"])
@@ -461,14 +472,14 @@ def _restore(run: _Run, ckpt: dict) -> None:
 # ---------------------------------------------------------------- one epoch
 
 
-def _train_epoch(run: _Run, epoch: int) -> _EpochStats:
+def _train_epoch(run: TrainRun, epoch: int) -> _EpochStats:
     """One pass over this rank's share of the training batches (or up to --max-steps)."""
     from tqdm import tqdm
 
     cfg, d, device = run.cfg, run.d, run.device
     t0 = time.perf_counter()
     run.net.train()
-    batches = shard_batches(_train_batches(run.cache, run.train_idx, cfg, epoch), d.rank, d.world)
+    batches = shard_batches(train_batches(run.cache, run.train_idx, cfg, epoch), d.rank, d.world)
     bar = tqdm(
         total=len(batches), desc=f"epoch {epoch}", leave=False, disable=not (d.main and sys.stderr.isatty())
     )
@@ -476,25 +487,17 @@ def _train_epoch(run: _Run, epoch: int) -> _EpochStats:
     run.opt.zero_grad(set_to_none=True)
     hit_max = False
     for i, b in enumerate(batches):
-        prefix_rng = _epoch_rng(cfg, epoch, i, d.rank, 1) if cfg.prefix_prob > 0 else None
-        x, lengths, y = _batch_tensors(run.cache, run.train_idx[b], device, cfg.prefix_prob, prefix_rng)
-        if cfg.augment:
-            x = augment_features(x, lengths, _epoch_rng(cfg, epoch, i, d.rank))
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, lengths, y = batch_inputs(run, epoch, i, b)
         last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches)
         sync = run.net.no_sync() if (d.world > 1 and not last_micro) else nullcontext()
         with sync:
-            with torch.autocast(
-                device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None
-            ):
-                logits = run.net(x, lengths)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            loss, logits = training_loss(run, x, lengths, y)
             run.scaler.scale(loss / cfg.grad_accum).backward()
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
         if last_micro:
-            _optimizer_step(run)
+            optimizer_step(run)
         bar.update(1)
         if (i + 1) % cfg.log_every == 0:
             _log_batch(run, epoch, i + 1, len(batches), loss_sum / seen, correct / seen)
@@ -507,20 +510,44 @@ def _train_epoch(run: _Run, epoch: int) -> _EpochStats:
     return _EpochStats(loss_sum, correct, seen, time.perf_counter() - t0, hit_max)
 
 
-def _optimizer_step(run: _Run) -> None:
-    """Clip, step (through the fp16 scaler when it is on), and advance a OneCycle schedule."""
+def batch_inputs(run: TrainRun, epoch: int, i: int, b: np.ndarray):
+    """Training batch `i` of `epoch` (positions `b` into the train split) on the device: prefixes and
+    augmentation drawn from (seed, epoch, i, rank) alone."""
+    cfg, rank = run.cfg, run.d.rank
+    prefix_rng = _epoch_rng(cfg, epoch, i, rank, 1) if cfg.prefix_prob > 0 else None
+    x, lengths, y = _batch_tensors(run.cache, run.train_idx[b], run.device, cfg.prefix_prob, prefix_rng)
+    if cfg.augment:
+        x = augment_features(x, lengths, _epoch_rng(cfg, epoch, i, rank))
+    return x.to(run.device, non_blocking=True), lengths, y.to(run.device, non_blocking=True)
+
+
+def training_loss(run: TrainRun, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor):
+    """(training loss, logits): the forward pass under the run's autocast, label-smoothed cross-entropy."""
+    with torch.autocast(
+        run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None
+    ):
+        logits = run.net(x, lengths)
+    return F.cross_entropy(logits.float(), y, label_smoothing=run.cfg.label_smoothing), logits
+
+
+def optimizer_step(run: TrainRun) -> float | None:
+    """Clip, step (through the fp16 scaler when it is on), and advance a OneCycle schedule.
+
+    Returns the gradient norm before clipping (None when clipping is off)."""
+    norm = None
     if run.cfg.grad_clip > 0:
         run.scaler.unscale_(run.opt)
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+        norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip))
     run.scaler.step(run.opt)
     run.scaler.update()
     run.opt.zero_grad(set_to_none=True)
     run.global_step += 1
     if run.cfg.scheduler == "onecycle" and run.global_step < run.sched.total_steps:
         run.sched.step()
+    return norm
 
 
-def _log_batch(run: _Run, epoch: int, batch: int, batches: int, loss: float, acc1: float) -> None:
+def _log_batch(run: TrainRun, epoch: int, batch: int, batches: int, loss: float, acc1: float) -> None:
     lr = run.opt.param_groups[0]["lr"]
     rec = {"kind": "batch", "epoch": epoch, "batch": batch, "batches": batches, "step": run.global_step,
            "loss": loss, "acc1": acc1, "lr": lr}  # fmt: skip
@@ -530,7 +557,7 @@ def _log_batch(run: _Run, epoch: int, batch: int, batches: int, loss: float, acc
 # ---------------------------------------------------------------- end of epoch
 
 
-def _end_epoch(run: _Run, epoch: int, stats: _EpochStats, t0: float) -> bool:
+def _end_epoch(run: TrainRun, epoch: int, stats: _EpochStats, t0: float) -> bool:
     """Validate, step the plateau schedule, judge early stopping, log, save checkpoints; True: stop."""
     cfg = run.cfg
     val = evaluate(run.net, run.cache, run.val_idx, cfg.eval_batch_size, run.device, run.d, run.amp_dtype)
@@ -567,7 +594,7 @@ def _end_epoch(run: _Run, epoch: int, stats: _EpochStats, t0: float) -> bool:
     return stopped
 
 
-def _save_checkpoints(run: _Run, rec: dict, improved: bool, stopped: bool) -> None:
+def _save_checkpoints(run: TrainRun, rec: dict, improved: bool, stopped: bool) -> None:
     """RUN_DIR/best.pt when validation improved, and RUN_DIR/last.pt with all that --resume needs."""
     cache = run.cache
     metrics = {**{k: rec[k] for k in ("epoch", "step", "val_loss", "val_acc1", "val_acc3")}, "best": run.best}
@@ -587,7 +614,7 @@ def _save_checkpoints(run: _Run, rec: dict, improved: bool, stopped: bool) -> No
     save_checkpoint(ckpt, run.out / "last.pt")
 
 
-def _summary(run: _Run, epoch: int) -> dict:
+def _summary(run: TrainRun, epoch: int) -> dict:
     out, best = run.out, run.best
     summary = {
         "out": str(out),
