@@ -27,11 +27,11 @@ import torch
 from machine_facts import machine_facts
 
 from doodle_rnn.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from doodle_rnn.data.batches import pad_features
 from doodle_rnn.data.encode import LengthRules, encode_batch
 from doodle_rnn.export import export_onnx, quantize_int8
 from doodle_rnn.inference import Classifier
 from doodle_rnn.model import GRUClassifier, ModelConfig
+from doodle_rnn.tensors import pad_features
 
 SHARED = (
     Path(os.environ.get("DOODLE_SHARED", Path(__file__).resolve().parents[2] / "shared"))

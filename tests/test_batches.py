@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from doodle_rnn.data.batches import bucket_batches, pad_features
+from doodle_rnn.data.batches import bucket_batches
+from doodle_rnn.tensors import pad_features
 
 
 def _length_correlated_classes(n: int = 4000, classes: int = 8, seed: int = 0):

@@ -15,10 +15,10 @@ import torch
 
 from doodle_rnn.calibrate import calibration_numbers, fit_temperature, nll_at
 from doodle_rnn.checkpoint import build_model, load_checkpoint, make_checkpoint, save_checkpoint
-from doodle_rnn.data.batches import iterate_cache
 from doodle_rnn.data.cache import DoodleCache, PrepareConfig, prepare_cache
 from doodle_rnn.data.synthetic import write_ndjson_per_class
 from doodle_rnn.model import GRUClassifier, ModelConfig
+from doodle_rnn.tensors import iterate_cache
 
 
 def doodle(*args: str) -> subprocess.CompletedProcess:

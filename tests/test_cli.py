@@ -72,3 +72,35 @@ def test_help_shows_only_defaults_that_inform() -> None:
 def test_version() -> None:
     r = _doodle("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"doodle-rnn {__version__}"
+
+
+def test_every_library_error_is_a_doodle_error_mapped_once_by_the_cli(tmp_path) -> None:
+    """Errors a user can fix share one base (a ValueError), which `doodle` prints as `error: ...`, exit 2."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import doodle_rnn
+    from doodle_rnn.errors import DoodleError
+
+    found = {}
+    for info in pkgutil.walk_packages(doodle_rnn.__path__, "doodle_rnn."):
+        if info.name.startswith(("doodle_rnn.server", "doodle_rnn.commands")) or info.name.endswith(
+            "__main__"
+        ):
+            continue  # the server maps its own errors to HTTP answers; commands raise UserError
+        mod = importlib.import_module(info.name)
+        for name, cls in inspect.getmembers(mod, inspect.isclass):
+            if cls.__module__ == info.name and issubclass(cls, Exception) and not name.startswith("_"):
+                found[name] = cls
+    assert {"CacheError", "CheckpointError", "DataFormatError", "DownloadError", "EvalError", "ExportError",
+            "InferenceError", "QuickstartError", "ShippedModelError", "TrainError",
+            "UnknownClassError"} <= set(found)  # fmt: skip
+    assert [n for n, c in found.items() if not issubclass(c, DoodleError)] == []
+    assert issubclass(DoodleError, ValueError)
+    # a library error that no command catches itself: printed once, cleanly, by cli.py
+    r = _doodle(
+        "download", "--classes", "cow", "--out", str(tmp_path / "d"), "--base-url", "ftp://example.org/"
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == "error: base URL must start with http:// or https://, got 'ftp://example.org/'\n"

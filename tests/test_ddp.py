@@ -26,7 +26,7 @@ def test_torchrun_two_cpu_ranks(tmp_path: Path):
     prepare_cache(PrepareConfig(inputs=[str(tmp_path / "syn")], out=str(tmp_path / "cache"), progress=False))
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "doodle_rnn.train", "--data", str(tmp_path / "cache"),
+           "--master_port", str(_free_port()), "-m", "doodle_rnn", "train", "--data", str(tmp_path / "cache"),
            "--out", str(run), "--epochs", "2", "--hidden-size", "16", "--batch-size", "16", "--max-steps", "12",
            "--log-every", "4", "--device", "cpu"]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

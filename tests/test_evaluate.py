@@ -21,12 +21,12 @@ import torch
 from PIL import Image
 
 from doodle_rnn.checkpoint import build_model, load_checkpoint, make_checkpoint, save_checkpoint
-from doodle_rnn.data.batches import iterate_cache
 from doodle_rnn.data.cache import DoodleCache, PrepareConfig, prepare_cache
 from doodle_rnn.data.encode import steps_to_features
 from doodle_rnn.data.synthetic import write_ndjson_per_class
 from doodle_rnn.evaluate import compute_metrics, ece_bin_of, most_confused_pairs
 from doodle_rnn.model import GRUClassifier, ModelConfig
+from doodle_rnn.tensors import iterate_cache
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "quickdraw"
 PLOTS = ["confusion_matrix", "per_class_accuracy", "reliability", "confidence_histogram", "confused_pairs",

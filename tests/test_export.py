@@ -14,12 +14,12 @@ import torch
 from test_inference import SHARED, build_tiny_checkpoint
 
 from doodle_rnn.checkpoint import load_checkpoint, make_checkpoint
-from doodle_rnn.data.batches import pad_features
 from doodle_rnn.data.encode import LengthRules, encode_batch
 from doodle_rnn.data.synthetic import SHAPES, generate
 from doodle_rnn.export import export_onnx, read_metadata, verify_parity
 from doodle_rnn.inference import Classifier, InferenceError
 from doodle_rnn.model import GRUClassifier, ModelConfig
+from doodle_rnn.tensors import pad_features
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from doodle_rnn.checkpoint import CheckpointError, build_model, load_checkpoint
-from doodle_rnn.data.batches import pad_features
 from doodle_rnn.data.encode import encode_strokes, rules_from_dict
 from doodle_rnn.data.synthetic import SHAPES, generate
+from doodle_rnn.tensors import pad_features
 
 
 class ReferenceNet(nn.Module):

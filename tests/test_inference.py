@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from doodle_rnn.checkpoint import make_checkpoint, save_checkpoint
-from doodle_rnn.data.batches import pad_features
 from doodle_rnn.data.encode import LengthRules, encode_batch, features_to_strokes, steps_to_features
 from doodle_rnn.data.normalize import normalize_strokes
 from doodle_rnn.data.synthetic import SHAPES, generate
 from doodle_rnn.inference import Classifier, InferenceError
 from doodle_rnn.model import GRUClassifier, ModelConfig
+from doodle_rnn.tensors import pad_features
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "quickdraw"
 

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from doodle_rnn.checkpoint import build_model, load_checkpoint
-from doodle_rnn.data.batches import augment_features, pad_features, shard_batches
+from doodle_rnn.data.batches import shard_batches
 from doodle_rnn.data.cache import DoodleCache, PrepareConfig, prepare_cache
 from doodle_rnn.data.encode import DEFAULT_ENCODING
 from doodle_rnn.data.synthetic import write_ndjson_per_class
+from doodle_rnn.tensors import augment_features, pad_features
 from doodle_rnn.train import TrainConfig, train
 
 

@@ -22,9 +22,8 @@ from doodle_rnn.evaluate import (
     load_eval_data,
     load_model,
     predict_logits,
-    resolve_device,
-    softmax,
 )
+from doodle_rnn.probs import softmax
 
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: far beyond any sensible temperature
 
@@ -39,9 +38,8 @@ def nll_at(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
 
 def calibration_numbers(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
     acc = MetricAccumulator(logits.shape[1])
-    acc.update(softmax(np.asarray(logits, np.float64) / temperature), labels)
-    return {"temperature": float(temperature), "nll": nll_at(logits, labels, temperature),
-            "ece": float(np.abs(acc.bin_correct - acc.bin_conf).sum() / max(acc.n, 1))}  # fmt: skip
+    acc.update(softmax(np.asarray(logits, np.float64), temperature), labels)
+    return {"temperature": float(temperature), "nll": nll_at(logits, labels, temperature), "ece": acc.ece()}
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100) -> float:
@@ -69,7 +67,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100)
 
 def collect_logits(model, ev, batch_size: int, device, max_drawings: int | None, seed: int = 0):
     """Raw logits (temperature 1) over the evaluated classes, and the true labels, for (a sample of) `ev`."""
-    from doodle_rnn.data.batches import iterate_cache
+    from doodle_rnn.tensors import iterate_cache
 
     pick = np.arange(len(ev.indices))
     if max_drawings is not None and len(pick) > max_drawings:
@@ -91,6 +89,7 @@ def calibrate_checkpoint(
 ) -> dict:  # fmt: skip
     """Fit a temperature on held-out data and save a copy of the checkpoint that carries it."""
     from doodle_rnn.checkpoint import save_checkpoint
+    from doodle_rnn.devices import pick_device
     from doodle_rnn.threads import use_threads
 
     ckpt, model = load_model(checkpoint)
@@ -100,7 +99,7 @@ def calibrate_checkpoint(
             f"only {len(ev.indices)} drawing(s) to calibrate on; a temperature needs held-out data"
         )
     use_threads(num_threads, min(len(ev.indices), max_drawings or len(ev.indices)))
-    logits, labels = collect_logits(model, ev, batch_size, resolve_device(device), max_drawings)
+    logits, labels = collect_logits(model, ev, batch_size, pick_device(device), max_drawings)
     before = calibration_numbers(logits, labels, float(ckpt.get("temperature", 1.0)))
     t = fit_temperature(logits, labels)
     after = calibration_numbers(logits, labels, t)

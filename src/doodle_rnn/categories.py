@@ -6,6 +6,8 @@ import difflib
 from functools import cache
 from importlib import resources
 
+from doodle_rnn.errors import DoodleError
+
 ANIMALS10 = (
     "butterfly", "cow", "elephant", "giraffe", "monkey",
     "octopus", "scorpion", "shark", "snake", "spider",
@@ -18,7 +20,7 @@ def all_categories() -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
-class UnknownClassError(ValueError):
+class UnknownClassError(DoodleError):
     pass
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from doodle_rnn import __version__
+from doodle_rnn.errors import DoodleError
 from doodle_rnn.model import GRUClassifier, ModelConfig
 from doodle_rnn.text import missing_model_message
 
@@ -31,7 +32,7 @@ FORMAT = "doodle-rnn-checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DoodleError):
     pass
 
 

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from doodle_rnn import __version__
+from doodle_rnn.errors import DoodleError
 
 COMMANDS = [
     "download",
@@ -84,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except UserError as exc:
+    except DoodleError as exc:  # every error a user can fix, from a command or the library: mapped here once
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
-class UserError(Exception):
-    """An error the user can fix (bad flag, missing file); printed without a traceback."""
+class UserError(DoodleError):
+    """A bad flag or argument that a command finds itself; printed like any other DoodleError."""
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from doodle_rnn.errors import DoodleError
+
 SCHEDULERS = ("plateau", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # Training batches. `random`: drawn at random (each sorted by length inside, for the GRU kernel).
@@ -18,7 +20,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 BATCHINGS = ("random", "bucket")
 
 
-class TrainError(ValueError):
+class TrainError(DoodleError):
     """A problem the user can fix (bad flag, missing cache, nothing to resume)."""
 
 

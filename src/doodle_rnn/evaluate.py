@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from doodle_rnn.errors import DoodleError
+from doodle_rnn.probs import softmax
+
 N_BINS = 15
 ECE_RULE = (
     "expected calibration error over 15 equal-width bins of top-1 confidence "
@@ -41,17 +44,11 @@ ECE_RULE = (
 NLL_EPS = 1e-12
 
 
-class EvalError(ValueError):
+class EvalError(DoodleError):
     """A problem with the evaluation inputs that the user can fix (the CLI prints it as `error: ...`)."""
 
 
 # ----------------------------------------------------------------------------------------------- metrics
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def ece_bin_of(confidence: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
     """Bin index of each confidence: [k/n, (k+1)/n), with 1.0 in the last bin."""
     return np.clip((np.asarray(confidence, np.float64) * n_bins).astype(np.int64), 0, n_bins - 1)
@@ -106,6 +103,10 @@ class MetricAccumulator:
         self.n += len(labels)
         return pred, conf
 
+    def ece(self) -> float:
+        """Expected calibration error (ECE_RULE) of everything added so far."""
+        return float(np.abs(self.bin_correct - self.bin_conf).sum() / max(self.n, 1))
+
     def result(self, classes: Sequence[str], n_pairs: int = 20) -> dict:
         if len(classes) != self.n_classes:
             raise ValueError(f"{len(classes)} class names for {self.n_classes} classes")
@@ -143,7 +144,6 @@ class MetricAccumulator:
                 "accuracy": self.bin_correct[b] / cnt if cnt else None,
                 "confidence": self.bin_conf[b] / cnt if cnt else None,
             })  # fmt: skip
-        ece = float(sum(abs(self.bin_correct[b] - self.bin_conf[b]) for b in range(self.n_bins)) / n)
         return {
             "n_drawings": int(self.n),
             "n_classes": int(self.n_classes),
@@ -153,7 +153,7 @@ class MetricAccumulator:
             if self.n_classes > 3
             else f"top-{self.n_classes}: fewer than 4 classes",
             "nll": float(self.nll_sum / n),
-            "ece": ece,
+            "ece": self.ece(),
             "ece_rule": ECE_RULE,
             "reliability_bins": bins,
             "macro": {
@@ -209,20 +209,6 @@ def compute_metrics(
 
 
 # -------------------------------------------------------------------------------------------- prediction
-def resolve_device(name: str = "auto"):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise EvalError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"device {name!r} asked for, but no CUDA GPU is available here; use --device cpu")
-    return dev
-
-
 def predict_logits(
     model, batches: Iterable[tuple], device=None, temperature: float = 1.0
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -262,12 +248,9 @@ class EncodedDrawings:
         return len(self.labels)
 
     def batch_steps(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lens = self.lengths[indices]
-        starts = self.offsets[indices]
-        take = np.repeat(starts, lens) + (
-            np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
-        )
-        return self.steps[take], lens
+        from doodle_rnn.data.cache import gather_steps
+
+        return gather_steps(self.steps, self.offsets, indices)
 
 
 @dataclass
@@ -402,7 +385,7 @@ def _from_cache(path: Path, ckpt: dict, split: str) -> EvalData:
 def _from_files(
     inputs: Sequence[str | Path], ckpt: dict, recognized_only: bool, chunk: int = 4096
 ) -> EvalData:
-    from doodle_rnn.data.encode import LengthRules, encode_batch
+    from doodle_rnn.data.encode import LengthRules, encode_stream
     from doodle_rnn.data.formats import DataFormatError, SkipReport, iter_drawings, list_data_files
 
     try:
@@ -420,23 +403,12 @@ def _from_files(
     len_parts: list[np.ndarray] = []
     labels: list[int] = []
     keys: list[str] = []
-    pending: list = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        steps, lengths, kept = encode_batch([d.strokes for d in pending], encoding, rules)
-        skipped["too short (length rules)"] += len(pending) - len(kept)
-        steps_parts.append(steps)
-        len_parts.append(lengths)
-        labels.extend(known[pending[i].word] for i in kept.tolist())
-        keys.extend(pending[i].key_id for i in kept.tolist())
-        pending.clear()
-
     file_info = []
-    for f in files:
-        file_info.append({"path": str(f.resolve()), "bytes": f.stat().st_size})
-        try:
+
+    def usable() -> Iterator:
+        """The files' drawings of the checkpoint's classes that pass the filters, each counted where dropped."""
+        for f in files:
+            file_info.append({"path": str(f.resolve()), "bytes": f.stat().st_size})
             for d in iter_drawings(f, strict=False, report=report):
                 if d.word not in known:
                     unknown[d.word or "(no class)"] += 1
@@ -448,12 +420,17 @@ def _from_files(
                     skipped["duplicate key_id"] += 1
                     continue
                 seen.add(d.key_id)
-                pending.append(d)
-                if len(pending) >= chunk:
-                    flush()
-        except DataFormatError as exc:
-            raise EvalError(str(exc)) from exc
-    flush()
+                yield d
+
+    try:
+        for steps, lengths, kept, too_short in encode_stream(usable(), encoding, rules, chunk):
+            skipped["too short (length rules)"] += too_short
+            steps_parts.append(steps)
+            len_parts.append(lengths)
+            labels.extend(known[d.word] for d in kept)
+            keys.extend(d.key_id for d in kept)
+    except DataFormatError as exc:
+        raise EvalError(str(exc)) from exc
     for reason, k in report.by_reason().items():
         skipped[f"bad record: {reason}"] += k
     if unknown:
@@ -508,7 +485,7 @@ def evaluate_data(model, ev: EvalData, temperature: float = 1.0, batch_size: int
     import torch
     from tqdm import tqdm
 
-    from doodle_rnn.data.batches import iterate_cache
+    from doodle_rnn.tensors import iterate_cache
 
     device = device or torch.device("cpu")
     model.to(device)
@@ -634,6 +611,7 @@ def run_evaluation(checkpoint: str | Path, inputs: Sequence[str | Path], out: st
     early: also measure the early-guessing curve (`early_guessing_of`) on up to `early_max` drawings.
     """
     from doodle_rnn import plots, report
+    from doodle_rnn.devices import pick_device
     from doodle_rnn.models import ShippedModelError, resolve_model
     from doodle_rnn.threads import use_threads
 
@@ -643,7 +621,7 @@ def run_evaluation(checkpoint: str | Path, inputs: Sequence[str | Path], out: st
     except ShippedModelError as exc:
         raise EvalError(str(exc)) from exc
     ckpt, model = load_model(checkpoint)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     ev = load_eval_data(inputs, ckpt, split, recognized_only)
     if len(ev.indices) == 0:
         raise EvalError(f"no drawings to evaluate in split {split or 'test'} of {inputs[0]}")

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from doodle_rnn.errors import DoodleError
+
 OPSET = 17  # LayerNormalization
 META_PREFIX = "doodle_rnn."
 META_KEYS = (
@@ -45,7 +47,7 @@ ONNX_FORMAT = "doodle-rnn-onnx"
 _GATE_ORDER = {"gru": (1, 0, 2), "lstm": (0, 3, 1, 2)}
 
 
-class ExportError(ValueError):
+class ExportError(DoodleError):
     pass
 
 

@@ -1,7 +1,7 @@
 """`Classifier`: load a trained model and predict any drawing, the same way it was trained.
 
 Every drawing goes through the one path training used: `encode.encode_batch` (which normalises raw
-captures to Google's simplified form) and `batches.pad_features`; nothing here preprocesses on its own,
+captures to Google's simplified form) and `tensors.pad_features`; nothing here preprocesses on its own,
 so the browser, the CLI, the server and the Python API cannot drift from the training data.
 
 Backends. A model runs on one of two engines with the same logits (parity-tested to 1e-4):
@@ -44,6 +44,8 @@ from doodle_rnn.data.encode import (
     steps_to_features,
 )
 from doodle_rnn.data.formats import validate_strokes
+from doodle_rnn.errors import DoodleError
+from doodle_rnn.probs import softmax
 
 BACKENDS = ("auto", "onnx", "torch")
 # ONNX Runtime's GRU kernel is fastest on small, length-sorted batches (measured in
@@ -51,7 +53,7 @@ BACKENDS = ("auto", "onnx", "torch")
 DEFAULT_CHUNK = 16
 
 
-class InferenceError(ValueError):
+class InferenceError(DoodleError):
     """A model file that cannot be used, or a drawing that is not a drawing."""
 
 
@@ -129,7 +131,7 @@ def _announce_threshold(card: dict, source: str) -> float | None:
 
 
 def _pad(steps: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The shared padding path (`encode.pad_steps`, which `batches.pad_features` wraps for training)."""
+    """The shared padding path (`encode.pad_steps`, which `tensors.pad_features` wraps for training)."""
     return pad_steps(steps, lengths)
 
 
@@ -341,10 +343,7 @@ class Classifier:
         logits = np.empty((n, len(self.classes)), np.float32)
         for idx, lg in zip(chunks, results, strict=True):
             logits[idx] = lg
-        z = logits / self.temperature
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(logits, self.temperature)
 
     def _executor(self):
         """Threads that run length-chunks at once (ONNX Runtime releases the GIL while it computes)."""

@@ -1,5 +1,6 @@
-"""The evaluation's pictures, as PNG files: confusion matrix, per-class accuracy, reliability diagram,
-confidence histogram, and a grid of example drawings for the most confused pairs.
+"""The pictures, as PNG files. The evaluation's: confusion matrix, per-class accuracy, reliability
+diagram, confidence histogram, a grid of example drawings for the most confused pairs, the early-guessing
+curve; and lr-find's loss and gradient norm against the learning rate.
 
 Figures are built with `matplotlib.figure.Figure` directly (no pyplot): no global backend state, nothing
 opens a window, and it works on a headless server. Every plot is laid out to stay readable from
@@ -283,6 +284,31 @@ def _shares_axes(ax, xlabel: str, ylabel: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(loc="lower right", fontsize=8)
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], suggested: float,
+                 path: Path) -> Path:  # fmt: skip
+    """`doodle lr-find`: training loss (raw and smoothed) against the learning rate, with the suggestion."""
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    ax.plot(lrs, losses, color="0.8", lw=0.8, label="loss")
+    ax.plot(lrs, smoothed, color="C0", label="smoothed loss")
+    ax.axvline(suggested, color="C3", ls="--", label=f"suggested {suggested:.2e}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="LR range test")
+    top = smoothed[0] * 1.5 if len(smoothed) else 1
+    ax.set_ylim(min(losses) * 0.9 if len(losses) else 0, max(top, min(losses) * 1.1 if len(losses) else 1))
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_grad_norm(lrs: Sequence[float], norms: Sequence[float], path: Path) -> Path:
+    """`doodle lr-find`: the gradient norm (before clipping) against the learning rate."""
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    ax.plot(lrs, norms, color="C2")
+    ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="gradient norm (before clipping)",
+           title="Gradient norm during the LR range test")  # fmt: skip
+    return _save(fig, path)
 
 
 def write_all(

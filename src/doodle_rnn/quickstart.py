@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from doodle_rnn.config import TrainConfig
+from doodle_rnn.errors import DoodleError
 
 # The shipped model's recipe (docs/models.md) without prefix training, for 5 epochs with a one-cycle
 # schedule, so the whole job fits in a quarter of an hour on a 2-core CPU (8 epochs took ~2.4 min each
@@ -28,7 +29,7 @@ QUICKSTART_CONV = (64, 96)
 BUNDLED = "animals10"
 
 
-class QuickstartError(ValueError):
+class QuickstartError(DoodleError):
     pass
 
 

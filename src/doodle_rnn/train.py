@@ -1,4 +1,4 @@
-"""Training: `train(TrainConfig) -> dict`, behind `doodle train` and `python -m doodle_rnn.train`.
+"""Training: `train(TrainConfig) -> dict`, behind `doodle train` (also under torchrun: `-m doodle_rnn train`).
 
 AdamW with label smoothing, dropout and gradient clipping; ReduceLROnPlateau on the validation loss
 (or OneCycle) and early stopping on it; train-only augmentation in delta space; mixed precision on
@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,30 +32,17 @@ import torch.nn.functional as F
 
 from doodle_rnn.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from doodle_rnn.config import TrainConfig, TrainError
-from doodle_rnn.data.batches import augment_features, bucket_batches, pad_features, shard_batches
+from doodle_rnn.data.batches import bucket_batches, shard_batches
 from doodle_rnn.data.cache import DoodleCache
 from doodle_rnn.data.encode import ENCODING_VERSION
 from doodle_rnn.data.prefixes import random_prefixes
+from doodle_rnn.devices import pick_device
 from doodle_rnn.memory import keep_freed_memory
 from doodle_rnn.model import GRUClassifier, ModelConfig
+from doodle_rnn.tensors import augment_features, pad_features
 from doodle_rnn.text import plural, some
 
 # ---------------------------------------------------------------- setup
-
-
-def pick_device(name: str) -> torch.device:
-    """auto: CUDA, then Apple MPS, then CPU. Asking for a device that is absent is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda: no CUDA device is available (try --device auto)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise TrainError("--device mps: Apple MPS is not available (try --device auto)")
-    return torch.device(name)
 
 
 @dataclass
@@ -118,7 +105,7 @@ def _epoch_rng(cfg: TrainConfig, epoch: int, *more: int) -> np.random.Generator:
     return np.random.default_rng([cfg.seed, epoch, *more])
 
 
-def _train_batches(
+def train_batches(
     cache: DoodleCache, train_idx: np.ndarray, cfg: TrainConfig, epoch: int
 ) -> list[np.ndarray]:
     """One epoch's training batches (positions into train_idx); identical on every rank for a seed."""
@@ -285,21 +272,127 @@ def _claim_run_dir(out: Path, cfg: TrainConfig, d: Dist) -> None:
             )
 
 
+@dataclass
+class TrainRun:
+    """What a run holds from one epoch to the next: data, model, optimiser, and how far it has come."""
+
+    cfg: TrainConfig
+    d: Dist
+    out: Path
+    device: torch.device
+    cache: DoodleCache
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    model: GRUClassifier
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    net: torch.nn.Module | None = None  # the model, or its DistributedDataParallel wrapper
+    log: _Log | None = None
+    start_epoch: int = 1
+    global_step: int = 0
+    best: dict = field(default_factory=lambda: {"val_loss": math.inf})
+    bad_epochs: int = 0
+    stop_reason: str = "epochs"
+
+
+@dataclass
+class _EpochStats:
+    """One epoch's training numbers, summed over ranks."""
+
+    loss_sum: float
+    correct: float
+    seen: float
+    seconds: float
+    hit_max: bool  # --max-steps was reached inside the epoch
+
+
 def _train(cfg: TrainConfig, d: Dist) -> dict:
-    from tqdm import tqdm
+    run = _setup(cfg, d)
+    epoch = run.start_epoch - 1
+    for epoch in range(run.start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        stats = _train_epoch(run, epoch)
+        if _end_epoch(run, epoch, stats, t0):
+            break
+    if d.world > 1:
+        import torch.distributed as dist
 
-    from doodle_rnn.data.cache import CacheError
+        dist.barrier()
+    return _summary(run, epoch)
 
+
+# ---------------------------------------------------------------- setup and resume
+
+
+def _setup(cfg: TrainConfig, d: Dist) -> TrainRun:
+    """Open the data, claim RUN_DIR, build model and optimiser, and restore them on --resume."""
     out = Path(cfg.out)
+    _set_threads(cfg, d)
+    device = pick_device(cfg.device)
+    if d.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+    cache, train_idx, val_idx = _open_data(cfg)
+    resume_ckpt = _resume_checkpoint(out, cache, cfg) if cfg.resume else None
+    mcfg = ModelConfig(**resume_ckpt["model_config"]) if resume_ckpt else model_config(cfg, cache)
+
+    _claim_run_dir(out, cfg, d)
+    if d.world > 1:  # every rank judges the folder as it was, before rank 0 writes config.json into it
+        import torch.distributed as dist
+
+        dist.barrier()
+    if d.main:
+        _start_run_dir(out, cfg, d, cache, len(train_idx), len(val_idx), device)
+
+    run = build_run(cfg, d, out, device, cache, train_idx, val_idx, mcfg)
+    if resume_ckpt is not None:
+        _restore(run, resume_ckpt)
+    if d.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        run.net = DistributedDataParallel(
+            run.model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    run.log = _Log(out, d.main, run.start_epoch - 1 if resume_ckpt is not None else None)
+    if resume_ckpt is not None and (resume_ckpt["train_state"]["stopped"] or run.start_epoch > cfg.epochs):
+        run.stop_reason = resume_ckpt["train_state"].get("stop_reason", "epochs")
+        run.start_epoch = cfg.epochs + 1  # nothing left to do
+    return run
+
+
+def build_run(
+    cfg: TrainConfig, d: Dist, out: Path, device: torch.device, cache: DoodleCache,
+    train_idx: np.ndarray, val_idx: np.ndarray, mcfg: ModelConfig,
+) -> TrainRun:  # fmt: skip
+    """The recipe's model, optimiser (no decay on biases and gains), schedule and mixed precision."""
+    torch.manual_seed(cfg.seed)
+    model = GRUClassifier(mcfg).to(device)
+    if device.type == "cpu" and cfg.amp and cpu_has_fast_bf16():
+        model.matmul_dtype = torch.bfloat16  # fused GRU: bf16 products, fp32 states, gates and gradients
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    n_batches = len(shard_batches(train_batches(cache, train_idx, cfg, 0), d.rank, d.world))
+    sched = _make_scheduler(cfg, opt, math.ceil(n_batches / cfg.grad_accum))
+    amp_dtype = _amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    return TrainRun(
+        cfg, d, out, device, cache, train_idx, val_idx, model, opt, sched, scaler, amp_dtype, net=model
+    )
+
+
+def _set_threads(cfg: TrainConfig, d: Dist) -> None:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     elif d.world > 1:
         torch.set_num_threads(
             max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
         )
-    device = pick_device(cfg.device)
-    if d.world > 1 and device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)
+
+
+def _open_data(cfg: TrainConfig) -> tuple[DoodleCache, np.ndarray, np.ndarray]:
+    """The cache and its train and val rows; a cache the run cannot use is a TrainError."""
+    from doodle_rnn.data.cache import CacheError
+
     try:
         cache = DoodleCache(cfg.data)
     except CacheError as exc:
@@ -314,237 +407,235 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         raise TrainError(
             f"{cfg.data}: needs drawings in both the train and val splits (has {len(train_idx)}, {len(val_idx)})"
         )
+    return cache, train_idx, val_idx
 
-    resume_ckpt = None
-    if cfg.resume:
-        last = out / "last.pt"
-        if not last.is_file():
-            raise TrainError(f"--resume: {last} does not exist; start without --resume")
-        resume_ckpt = load_checkpoint(last)
-        if "train_state" not in resume_ckpt:
-            raise TrainError(f"--resume: {last} has no training state")
-        if resume_ckpt["classes"] != cache.classes:
-            raise TrainError(f"--resume: {last} was trained on other classes than {cfg.data}")
-        mcfg = ModelConfig(**resume_ckpt["model_config"])
-    else:
-        mcfg = ModelConfig(
-            num_classes=len(cache.classes),
-            hidden_size=cfg.hidden_size,
-            num_layers=cfg.num_layers,
-            bidirectional=cfg.bidirectional,
-            dropout=cfg.dropout,
-            rnn=cfg.rnn,
-            conv_channels=list(cfg.conv_channels),
-            conv_kernel=cfg.conv_kernel,
-        )
 
-    _claim_run_dir(out, cfg, d)
-    if d.world > 1:  # every rank judges the folder as it was, before rank 0 writes config.json into it
-        import torch.distributed as dist
+def _resume_checkpoint(out: Path, cache: DoodleCache, cfg: TrainConfig) -> dict:
+    """RUN_DIR/last.pt, checked to hold a training state for this cache's classes."""
+    last = out / "last.pt"
+    if not last.is_file():
+        raise TrainError(f"--resume: {last} does not exist; start without --resume")
+    ckpt = load_checkpoint(last)
+    if "train_state" not in ckpt:
+        raise TrainError(f"--resume: {last} has no training state")
+    if ckpt["classes"] != cache.classes:
+        raise TrainError(f"--resume: {last} was trained on other classes than {cfg.data}")
+    return ckpt
 
-        dist.barrier()
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-        print(f"config: {json.dumps(asdict(cfg))}", flush=True)
+
+def model_config(cfg: TrainConfig, cache: DoodleCache) -> ModelConfig:
+    return ModelConfig(
+        num_classes=len(cache.classes),
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        bidirectional=cfg.bidirectional,
+        dropout=cfg.dropout,
+        rnn=cfg.rnn,
+        conv_channels=list(cfg.conv_channels),
+        conv_kernel=cfg.conv_kernel,
+    )
+
+
+def _start_run_dir(
+    out: Path, cfg: TrainConfig, d: Dist, cache: DoodleCache, n_train: int, n_val: int, device: torch.device
+) -> None:
+    """Rank 0: write RUN_DIR/config.json and say what is about to be trained on what."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    print(f"config: {json.dumps(asdict(cfg))}", flush=True)
+    print(
+        f"data: {plural(len(cache.classes), 'class', 'classes')}, train {n_train}, val {n_val}, "
+        f"encoding {cache.encoding}; device {device}"
+        + (f" x {d.world} ranks" if d.world > 1 else "")
+        + f", {plural(torch.get_num_threads(), 'thread')}",
+        flush=True,
+    )
+
+
+def _restore(run: TrainRun, ckpt: dict) -> None:
+    """Continue exactly where last.pt stopped: weights, optimiser, schedule, early stopping, RNG."""
+    ts = ckpt["train_state"]
+    run.model.load_state_dict(ckpt["model_state"])
+    run.opt.load_state_dict(ts["optimizer"])
+    run.sched.load_state_dict(ts["scheduler"])
+    run.scaler.load_state_dict(ts["scaler"])
+    run.start_epoch, run.global_step = ts["epoch"] + 1, ts["global_step"]
+    run.best, run.bad_epochs = dict(ts["best"]), ts["bad_epochs"]
+    _set_rng_state(ts["rng"], run.device)
+    if run.d.main:
         print(
-            f"data: {plural(len(cache.classes), 'class', 'classes')}, train {len(train_idx)}, val {len(val_idx)}, "
-            f"encoding {cache.encoding}; device {device}"
-            + (f" x {d.world} ranks" if d.world > 1 else "")
-            + f", {plural(torch.get_num_threads(), 'thread')}",
+            f"resumed from {run.out / 'last.pt'} after epoch {ts['epoch']} (step {run.global_step})",
             flush=True,
         )
 
-    torch.manual_seed(cfg.seed)
-    model = GRUClassifier(mcfg).to(device)
-    if device.type == "cpu" and cfg.amp and cpu_has_fast_bf16():
-        model.matmul_dtype = torch.bfloat16  # fused GRU: bf16 products, fp32 states, gates and gradients
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    n_batches = len(shard_batches(_train_batches(cache, train_idx, cfg, 0), d.rank, d.world))
-    steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
-    sched = _make_scheduler(cfg, opt, steps_per_epoch)
-    amp_dtype = _amp_dtype(cfg, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
-    start_epoch, global_step = 1, 0
-    best = {"val_loss": math.inf}
-    bad_epochs = 0
-    if resume_ckpt is not None:
-        ts = resume_ckpt["train_state"]
-        model.load_state_dict(resume_ckpt["model_state"])
-        opt.load_state_dict(ts["optimizer"])
-        sched.load_state_dict(ts["scheduler"])
-        scaler.load_state_dict(ts["scaler"])
-        start_epoch, global_step = ts["epoch"] + 1, ts["global_step"]
-        best, bad_epochs = dict(ts["best"]), ts["bad_epochs"]
-        _set_rng_state(ts["rng"], device)
-        if d.main:
-            print(
-                f"resumed from {out / 'last.pt'} after epoch {ts['epoch']} (step {global_step})", flush=True
-            )
-    net: torch.nn.Module = model
-    if d.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
+# ---------------------------------------------------------------- one epoch
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    log = _Log(out, d.main, start_epoch - 1 if resume_ckpt is not None else None)
-    describe = {"encoding": cache.encoding, "length_rules": cache.length_rules.to_dict()}
-    enc_version = int(cache.manifest.get("encoding_version", ENCODING_VERSION))
-    stop_reason = "epochs"
-    if resume_ckpt is not None and (ts["stopped"] or start_epoch > cfg.epochs):
-        stop_reason = ts.get("stop_reason", "epochs")
-        start_epoch = cfg.epochs + 1  # nothing left to do
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        net.train()
-        batches = _train_batches(cache, train_idx, cfg, epoch)
-        batches = shard_batches(batches, d.rank, d.world)
-        bar = tqdm(
-            total=len(batches),
-            desc=f"epoch {epoch}",
-            leave=False,
-            disable=not (d.main and sys.stderr.isatty()),
-        )
-        loss_sum = correct = seen = 0.0
-        opt.zero_grad(set_to_none=True)
-        hit_max = False
-        for i, b in enumerate(batches):
-            prefix_rng = _epoch_rng(cfg, epoch, i, d.rank, 1) if cfg.prefix_prob > 0 else None
-            x, lengths, y = _batch_tensors(cache, train_idx[b], device, cfg.prefix_prob, prefix_rng)
-            if cfg.augment:
-                x = augment_features(x, lengths, _epoch_rng(cfg, epoch, i, d.rank))
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches)
-            sync = net.no_sync() if (d.world > 1 and not last_micro) else nullcontext()
-            with sync:
-                with torch.autocast(
-                    device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-                ):
-                    logits = net(x, lengths)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                scaler.scale(loss / cfg.grad_accum).backward()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-            if last_micro:
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
-                global_step += 1
-                if cfg.scheduler == "onecycle" and global_step < sched.total_steps:
-                    sched.step()
-            bar.update(1)
-            lr = opt.param_groups[0]["lr"]
-            if (i + 1) % cfg.log_every == 0:
-                rec = {"kind": "batch", "epoch": epoch, "batch": i + 1, "batches": len(batches), "step": global_step,
-                       "loss": loss_sum / seen, "acc1": correct / seen, "lr": lr}  # fmt: skip
-                log(
-                    f"  Batch {i + 1}/{len(batches)} | loss={rec['loss']:.4f} acc1={rec['acc1']:.3f} lr={lr:.5f}",
-                    rec,
-                )
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc1=f"{correct / seen:.3f}")
-            if cfg.max_steps is not None and global_step >= cfg.max_steps and last_micro:
-                hit_max = True
-                break
-        bar.close()
-        loss_sum, correct, seen = _all_sum([loss_sum, correct, seen], d, device)
-        train_secs = time.perf_counter() - t0
-        val = evaluate(net, cache, val_idx, cfg.eval_batch_size, device, d, amp_dtype)
-        secs = time.perf_counter() - t0
-        if cfg.scheduler == "plateau":
-            sched.step(val["val_loss"])
-        improved = val["val_loss"] < best["val_loss"]
-        bad_epochs = 0 if improved else bad_epochs + 1
-        rec = {
-            "kind": "epoch", "epoch": epoch, "step": global_step,
-            "train_loss": loss_sum / max(seen, 1), "train_acc1": correct / max(seen, 1), **val,
-            "lr": opt.param_groups[0]["lr"], "seconds": secs, "train_seconds": train_secs,
-            "train_drawings_per_s": seen / max(train_secs, 1e-9), "improved": improved,
-        }  # fmt: skip
-        if improved:
-            best = {
-                k: rec[k]
-                for k in ("epoch", "step", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc3")
-            }
-        stopped = hit_max or bad_epochs >= cfg.patience
-        if hit_max:
-            stop_reason = "max_steps"
-        elif bad_epochs >= cfg.patience:
-            stop_reason = "early_stopping"
-        log(
-            f"Epoch {epoch:02d} | train_loss={rec['train_loss']:.4f} train_acc1={rec['train_acc1']:.3f} "
-            f"val_loss={val['val_loss']:.4f} val_acc1={val['val_acc1']:.3f} val_acc3={val['val_acc3']:.3f} | "
-            f"{secs:.1f}s" + (" *" if improved else ""),
-            rec,
-        )
-        if d.main:
-            metrics = {
-                **{k: rec[k] for k in ("epoch", "step", "val_loss", "val_acc1", "val_acc3")},
-                "best": best,
-            }
-            ckpt = make_checkpoint(
-                model, cache.classes, metrics=metrics, encoding_version=enc_version, **describe
-            )
-            if improved:
-                save_checkpoint({**ckpt, "metrics": {**best, "best": best}}, out / "best.pt")
-            ckpt["train_state"] = {
-                "epoch": epoch, "global_step": global_step, "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "best": best,
-                "bad_epochs": bad_epochs, "rng": _rng_state(device), "stopped": stopped,
-                "stop_reason": stop_reason, "config": asdict(cfg),
-            }  # fmt: skip
-            save_checkpoint(ckpt, out / "last.pt")
-        if stopped:
+def _train_epoch(run: TrainRun, epoch: int) -> _EpochStats:
+    """One pass over this rank's share of the training batches (or up to --max-steps)."""
+    from tqdm import tqdm
+
+    cfg, d, device = run.cfg, run.d, run.device
+    t0 = time.perf_counter()
+    run.net.train()
+    batches = shard_batches(train_batches(run.cache, run.train_idx, cfg, epoch), d.rank, d.world)
+    bar = tqdm(
+        total=len(batches), desc=f"epoch {epoch}", leave=False, disable=not (d.main and sys.stderr.isatty())
+    )
+    loss_sum = correct = seen = 0.0
+    run.opt.zero_grad(set_to_none=True)
+    hit_max = False
+    for i, b in enumerate(batches):
+        x, lengths, y = batch_inputs(run, epoch, i, b)
+        last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches)
+        sync = run.net.no_sync() if (d.world > 1 and not last_micro) else nullcontext()
+        with sync:
+            loss, logits = training_loss(run, x, lengths, y)
+            run.scaler.scale(loss / cfg.grad_accum).backward()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        if last_micro:
+            optimizer_step(run)
+        bar.update(1)
+        if (i + 1) % cfg.log_every == 0:
+            _log_batch(run, epoch, i + 1, len(batches), loss_sum / seen, correct / seen)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc1=f"{correct / seen:.3f}")
+        if cfg.max_steps is not None and run.global_step >= cfg.max_steps and last_micro:
+            hit_max = True
             break
-    if d.world > 1:
-        import torch.distributed as dist
+    bar.close()
+    loss_sum, correct, seen = _all_sum([loss_sum, correct, seen], d, device)
+    return _EpochStats(loss_sum, correct, seen, time.perf_counter() - t0, hit_max)
 
-        dist.barrier()
+
+def batch_inputs(run: TrainRun, epoch: int, i: int, b: np.ndarray):
+    """Training batch `i` of `epoch` (positions `b` into the train split) on the device: prefixes and
+    augmentation drawn from (seed, epoch, i, rank) alone."""
+    cfg, rank = run.cfg, run.d.rank
+    prefix_rng = _epoch_rng(cfg, epoch, i, rank, 1) if cfg.prefix_prob > 0 else None
+    x, lengths, y = _batch_tensors(run.cache, run.train_idx[b], run.device, cfg.prefix_prob, prefix_rng)
+    if cfg.augment:
+        x = augment_features(x, lengths, _epoch_rng(cfg, epoch, i, rank))
+    return x.to(run.device, non_blocking=True), lengths, y.to(run.device, non_blocking=True)
+
+
+def training_loss(run: TrainRun, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor):
+    """(training loss, logits): the forward pass under the run's autocast, label-smoothed cross-entropy."""
+    with torch.autocast(
+        run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None
+    ):
+        logits = run.net(x, lengths)
+    return F.cross_entropy(logits.float(), y, label_smoothing=run.cfg.label_smoothing), logits
+
+
+def optimizer_step(run: TrainRun) -> float | None:
+    """Clip, step (through the fp16 scaler when it is on), and advance a OneCycle schedule.
+
+    Returns the gradient norm before clipping (None when clipping is off)."""
+    norm = None
+    if run.cfg.grad_clip > 0:
+        run.scaler.unscale_(run.opt)
+        norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip))
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    run.opt.zero_grad(set_to_none=True)
+    run.global_step += 1
+    if run.cfg.scheduler == "onecycle" and run.global_step < run.sched.total_steps:
+        run.sched.step()
+    return norm
+
+
+def _log_batch(run: TrainRun, epoch: int, batch: int, batches: int, loss: float, acc1: float) -> None:
+    lr = run.opt.param_groups[0]["lr"]
+    rec = {"kind": "batch", "epoch": epoch, "batch": batch, "batches": batches, "step": run.global_step,
+           "loss": loss, "acc1": acc1, "lr": lr}  # fmt: skip
+    run.log(f"  Batch {batch}/{batches} | loss={loss:.4f} acc1={acc1:.3f} lr={lr:.5f}", rec)
+
+
+# ---------------------------------------------------------------- end of epoch
+
+
+def _end_epoch(run: TrainRun, epoch: int, stats: _EpochStats, t0: float) -> bool:
+    """Validate, step the plateau schedule, judge early stopping, log, save checkpoints; True: stop."""
+    cfg = run.cfg
+    val = evaluate(run.net, run.cache, run.val_idx, cfg.eval_batch_size, run.device, run.d, run.amp_dtype)
+    secs = time.perf_counter() - t0
+    if cfg.scheduler == "plateau":
+        run.sched.step(val["val_loss"])
+    improved = val["val_loss"] < run.best["val_loss"]
+    run.bad_epochs = 0 if improved else run.bad_epochs + 1
+    seen = max(stats.seen, 1)
+    rec = {
+        "kind": "epoch", "epoch": epoch, "step": run.global_step,
+        "train_loss": stats.loss_sum / seen, "train_acc1": stats.correct / seen, **val,
+        "lr": run.opt.param_groups[0]["lr"], "seconds": secs, "train_seconds": stats.seconds,
+        "train_drawings_per_s": stats.seen / max(stats.seconds, 1e-9), "improved": improved,
+    }  # fmt: skip
+    if improved:
+        run.best = {
+            k: rec[k]
+            for k in ("epoch", "step", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc3")
+        }
+    stopped = stats.hit_max or run.bad_epochs >= cfg.patience
+    if stats.hit_max:
+        run.stop_reason = "max_steps"
+    elif run.bad_epochs >= cfg.patience:
+        run.stop_reason = "early_stopping"
+    run.log(
+        f"Epoch {epoch:02d} | train_loss={rec['train_loss']:.4f} train_acc1={rec['train_acc1']:.3f} "
+        f"val_loss={val['val_loss']:.4f} val_acc1={val['val_acc1']:.3f} val_acc3={val['val_acc3']:.3f} | "
+        f"{secs:.1f}s" + (" *" if improved else ""),
+        rec,
+    )
+    if run.d.main:
+        _save_checkpoints(run, rec, improved, stopped)
+    return stopped
+
+
+def _save_checkpoints(run: TrainRun, rec: dict, improved: bool, stopped: bool) -> None:
+    """RUN_DIR/best.pt when validation improved, and RUN_DIR/last.pt with all that --resume needs."""
+    cache = run.cache
+    metrics = {**{k: rec[k] for k in ("epoch", "step", "val_loss", "val_acc1", "val_acc3")}, "best": run.best}
+    ckpt = make_checkpoint(
+        run.model, cache.classes, metrics=metrics, encoding=cache.encoding,
+        length_rules=cache.length_rules.to_dict(),
+        encoding_version=int(cache.manifest.get("encoding_version", ENCODING_VERSION)),
+    )  # fmt: skip
+    if improved:
+        save_checkpoint({**ckpt, "metrics": {**run.best, "best": run.best}}, run.out / "best.pt")
+    ckpt["train_state"] = {
+        "epoch": rec["epoch"], "global_step": run.global_step, "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict(), "scaler": run.scaler.state_dict(), "best": run.best,
+        "bad_epochs": run.bad_epochs, "rng": _rng_state(run.device), "stopped": stopped,
+        "stop_reason": run.stop_reason, "config": asdict(run.cfg),
+    }  # fmt: skip
+    save_checkpoint(ckpt, run.out / "last.pt")
+
+
+def _summary(run: TrainRun, epoch: int) -> dict:
+    out, best = run.out, run.best
     summary = {
         "out": str(out),
         "best": best if math.isfinite(best["val_loss"]) else None,
-        "epochs_run": max(epoch - start_epoch + 1, 0),
+        "epochs_run": max(epoch - run.start_epoch + 1, 0),
         "last_epoch": epoch,
-        "steps": global_step,
-        "stop_reason": stop_reason,
+        "steps": run.global_step,
+        "stop_reason": run.stop_reason,
         "best_path": str(out / "best.pt"),
         "last_path": str(out / "last.pt"),
     }
-    if d.main:
+    if run.d.main:
         b = summary["best"]
         if b:
             print(
                 f"best: epoch {b['epoch']} val_loss={b['val_loss']:.4f} val_acc1={b['val_acc1']:.3f} -> {out / 'best.pt'}"
             )
-        print(f"stopped: {stop_reason}", flush=True)
+        print(f"stopped: {run.stop_reason}", flush=True)
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m doodle_rnn.train` (and torchrun): the same flags as `doodle train`."""
-    import argparse
-
-    from doodle_rnn.cli import HelpFormatter
-    from doodle_rnn.commands.train import add_arguments, run
-
-    p = argparse.ArgumentParser(prog="python -m doodle_rnn.train", formatter_class=HelpFormatter)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except Exception as exc:
-        from doodle_rnn.cli import UserError
-
-        if isinstance(exc, UserError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # The torchrun entry point is the CLI itself (the library does not import the command layer):
+    sys.exit("use `python -m doodle_rnn train ...` (or `torchrun ... -m doodle_rnn train ...`)")

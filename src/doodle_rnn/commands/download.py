@@ -70,29 +70,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from doodle_rnn.categories import UnknownClassError
     from doodle_rnn.cli import UserError
     from doodle_rnn.data.sources import download_classes
 
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} exists and is not a folder")
-    try:
-        report = download_classes(
-            args.classes,
-            args.out,
-            fmt=args.format,
-            base_url=args.base_url,
-            max_per_class=args.max_per_class,
-            jobs=args.jobs,
-            retries=args.retries,
-            progress=not args.no_progress,
-            retry_delay=args.retry_delay,
-            timeout=args.timeout,
-        )
-    except UnknownClassError as exc:
-        raise UserError(str(exc)) from exc
-    except ValueError as exc:  # a name that cannot be a file name, or a bad numeric flag
-        raise UserError(str(exc)) from exc
+    report = download_classes(
+        args.classes,
+        args.out,
+        fmt=args.format,
+        base_url=args.base_url,
+        max_per_class=args.max_per_class,
+        jobs=args.jobs,
+        retries=args.retries,
+        progress=not args.no_progress,
+        retry_delay=args.retry_delay,
+        timeout=args.timeout,
+    )
 
     for r in report.results:
         if r.ok:

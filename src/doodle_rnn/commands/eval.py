@@ -25,7 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="split of a prepared cache to evaluate (default: test); data files are always evaluated whole")  # fmt: skip
     p.add_argument("--out", required=True, help="folder for summary.json, the plots and report.html")
     p.add_argument("--batch-size", type=int, default=1024, help="drawings per forward pass (length-bucketed)")
-    p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+    )
     p.add_argument("--include-unrecognized", action="store_true",
                    help="with data files, also evaluate drawings the game did not recognise")  # fmt: skip
     p.add_argument("--no-early", dest="early", action="store_false",
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from doodle_rnn.cli import UserError
-    from doodle_rnn.evaluate import EvalError, run_evaluation
+    from doodle_rnn.evaluate import run_evaluation
     from doodle_rnn.text import plural, some
 
     if args.batch_size < 1:
@@ -51,14 +53,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--early-max must be 0 (all drawings) or more")
     if args.num_threads is not None and args.num_threads < 1:
         raise UserError("--num-threads must be at least 1")
-    try:
-        s = run_evaluation(
-            args.checkpoint, args.data, args.out, split=args.split, batch_size=args.batch_size, device=args.device,
-            recognized_only=not args.include_unrecognized, progress=args.progress and sys.stderr.isatty(),
-            early=args.early, early_max=args.early_max or None, num_threads=args.num_threads,
-        )  # fmt: skip
-    except EvalError as exc:
-        raise UserError(str(exc)) from exc
+    s = run_evaluation(
+        args.checkpoint, args.data, args.out, split=args.split, batch_size=args.batch_size, device=args.device,
+        recognized_only=not args.include_unrecognized, progress=args.progress and sys.stderr.isatty(),
+        early=args.early, early_max=args.early_max or None, num_threads=args.num_threads,
+    )  # fmt: skip
     m = s["metrics"]
     cls = s["classes"]
     absent = cls["checkpoint_classes_without_data"]

@@ -41,10 +41,10 @@ def run(args: argparse.Namespace) -> int:
 
     from doodle_rnn.checkpoint import load_checkpoint
     from doodle_rnn.cli import UserError
-    from doodle_rnn.data.batches import pad_features
     from doodle_rnn.data.encode import LengthRules, encode_batch
     from doodle_rnn.data.synthetic import generate
     from doodle_rnn.export import export_onnx, quantize_int8, verify_parity
+    from doodle_rnn.tensors import pad_features
     from doodle_rnn.threads import use_threads
 
     out = Path(args.onnx)
@@ -53,10 +53,7 @@ def run(args: argparse.Namespace) -> int:
     use_threads(args.num_threads, args.check_drawings)
     if out.suffix.lower() != ".onnx":
         raise UserError(f"--onnx {out}: the output name must end in .onnx")
-    try:
-        ckpt = load_checkpoint(args.checkpoint)
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    ckpt = load_checkpoint(args.checkpoint)
     export_onnx(ckpt, out)
     # Parity on drawings of mixed lengths in batches of 16 (padding must not change any logit).
     strokes = [d.strokes for d in generate(max(args.check_drawings, 2), seed=7)]

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from doodle_rnn.checkpoint import CheckpointError, from_reference, save_checkpoint
+    from doodle_rnn.checkpoint import from_reference, save_checkpoint
     from doodle_rnn.cli import UserError
 
     src = Path(args.ref)
@@ -34,10 +34,7 @@ def run(args: argparse.Namespace) -> int:
         ref = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged or unsafe file
         raise UserError(f"{src}: cannot read it safely ({type(exc).__name__}: {exc})") from exc
-    try:
-        ckpt = from_reference(ref, str(src))
-    except CheckpointError as exc:
-        raise UserError(str(exc)) from exc
+    ckpt = from_reference(ref, str(src))
     save_checkpoint(ckpt, args.out)
     m = ckpt["model_config"]
     print(

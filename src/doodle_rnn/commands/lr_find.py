@@ -59,16 +59,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from doodle_rnn.cli import UserError
     from doodle_rnn.lr_find import LRFindConfig, lr_find
-    from doodle_rnn.train import TrainError
 
     names = {f.name for f in fields(LRFindConfig)}
     cfg = LRFindConfig(**{k: v for k, v in vars(args).items() if k in names})
-    try:
-        res = lr_find(cfg)
-    except TrainError as exc:
-        raise UserError(str(exc)) from exc
+    res = lr_find(cfg)
     print(
         f"suggested lr: {res['suggested_lr']:.2e} (smoothed loss lowest at {res['min_loss_lr']:.2e}; "
         f"{res['iterations']} batches, stop: {res['stop']}); plots in {args.out}/lr_find.png and grad_norm.png"

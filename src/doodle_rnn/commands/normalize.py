@@ -42,13 +42,10 @@ def run(args: argparse.Namespace) -> int:
     import orjson
 
     from doodle_rnn.cli import UserError
-    from doodle_rnn.data.formats import DataFormatError, SkipReport, iter_drawings, list_data_files
+    from doodle_rnn.data.formats import SkipReport, iter_drawings, list_data_files
     from doodle_rnn.data.normalize import normalize_drawings
 
-    try:
-        files = list_data_files(args.inputs)
-    except DataFormatError as exc:
-        raise UserError(str(exc)) from exc
+    files = list_data_files(args.inputs)
     out_dir = Path(args.out)
     targets = [out_dir / output_name(f) for f in files]
     for src, dst in zip(files, targets, strict=True):
@@ -73,8 +70,6 @@ def run(args: argparse.Namespace) -> int:
                     f.write(b"\n")
                     n += 1
             os.replace(tmp, dst)
-        except DataFormatError as exc:
-            raise UserError(str(exc)) from exc
         finally:
             tmp.unlink(missing_ok=True)
         total += n

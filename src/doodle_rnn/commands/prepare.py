@@ -15,7 +15,8 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from doodle_rnn.data.encode import DEFAULT_ENCODING, ENCODINGS
+    from doodle_rnn.data.cache import PrepareConfig as C
+    from doodle_rnn.data.encode import ENCODINGS
 
     p.add_argument("--data", nargs="+", required=True, metavar="PATH", help="data files or folders")
     p.add_argument("--out", required=True, help="cache folder to write (replaced atomically if it exists)")
@@ -24,17 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-per-class", type=int, default=None, help="keep at most N drawings per class")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--recognized-only", dest="recognized_only", action="store_true", default=True,
+    g.add_argument("--recognized-only", dest="recognized_only", action="store_true", default=C.recognized_only,
                    help="keep only drawings the game recognised (the default)")  # fmt: skip
     g.add_argument(
         "--all", dest="recognized_only", action="store_false", help="keep unrecognised drawings too"
     )
-    p.add_argument("--val-frac", type=float, default=0.1, help="fraction of each class for validation")
-    p.add_argument("--test-frac", type=float, default=0.1, help="fraction of each class for test")
-    p.add_argument("--encoding", choices=ENCODINGS, default=DEFAULT_ENCODING, help="step encoding")
-    p.add_argument("--min-len", type=int, default=6, help="drop drawings with fewer steps")
-    p.add_argument("--max-len", type=int, default=250, help="keep at most this many steps")
-    p.add_argument("--seed", type=int, default=42, help="salt of the key_id hash that assigns splits")
+    p.add_argument("--val-frac", type=float, default=C.val_frac, help="fraction of each class for validation")
+    p.add_argument("--test-frac", type=float, default=C.test_frac, help="fraction of each class for test")
+    p.add_argument("--encoding", choices=ENCODINGS, default=C.encoding, help="step encoding")
+    p.add_argument("--min-len", type=int, default=C.min_len, help="drop drawings with fewer steps")
+    p.add_argument("--max-len", type=int, default=C.max_len, help="keep at most this many steps")
+    p.add_argument("--seed", type=int, default=C.seed, help="salt of the key_id hash that assigns splits")
     p.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="files prepared in parallel")
     p.add_argument(
         "--strict", action="store_true", help="stop at the first bad record instead of skipping it"
@@ -43,26 +44,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from doodle_rnn.categories import UnknownClassError, resolve_classes
-    from doodle_rnn.cli import UserError
-    from doodle_rnn.data.cache import CacheError, PrepareConfig, prepare_cache
-    from doodle_rnn.data.formats import DataFormatError, SkipReport
+    from doodle_rnn.categories import resolve_classes
+    from doodle_rnn.data.cache import PrepareConfig, prepare_cache
+    from doodle_rnn.data.formats import SkipReport
     from doodle_rnn.text import plural
 
-    try:
-        classes = resolve_classes(args.classes) if args.classes else None
-    except UnknownClassError as exc:
-        raise UserError(str(exc)) from exc
+    classes = resolve_classes(args.classes) if args.classes else None
     cfg = PrepareConfig(
         inputs=args.data, out=args.out, classes=classes, max_per_class=args.max_per_class,
         recognized_only=args.recognized_only, val_frac=args.val_frac, test_frac=args.test_frac,
         encoding=args.encoding, min_len=args.min_len, max_len=args.max_len, seed=args.seed,
         jobs=args.jobs, strict=args.strict, progress=args.progress and sys.stderr.isatty(),
     )  # fmt: skip
-    try:
-        m = prepare_cache(cfg)
-    except (CacheError, DataFormatError) as exc:
-        raise UserError(str(exc)) from exc
+    m = prepare_cache(cfg)
     skipped = m["skipped"]
     rep = SkipReport()
     for path, info in skipped["files"].items():

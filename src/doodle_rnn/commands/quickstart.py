@@ -75,13 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from doodle_rnn.categories import UnknownClassError
-    from doodle_rnn.cli import UserError
-    from doodle_rnn.data.cache import CacheError
-    from doodle_rnn.data.formats import DataFormatError
-    from doodle_rnn.evaluate import EvalError
-    from doodle_rnn.quickstart import QuickstartConfig, QuickstartError, run_quickstart, serve
-    from doodle_rnn.train import TrainError
+    from doodle_rnn.quickstart import QuickstartConfig, run_quickstart, serve
 
     cfg = QuickstartConfig(
         workdir=args.workdir, classes=args.classes, max_per_class=None if args.full else args.max_per_class,
@@ -90,10 +84,7 @@ def run(args: argparse.Namespace) -> int:
         max_steps=args.max_steps, patience=args.patience, device=args.device, seed=args.seed, jobs=args.jobs,
         serve=args.serve, host=args.host, port=args.port, progress=args.progress and sys.stderr.isatty(),
     )  # fmt: skip
-    try:
-        out = run_quickstart(cfg)
-    except (QuickstartError, UnknownClassError, CacheError, DataFormatError, EvalError, TrainError) as exc:
-        raise UserError(str(exc)) from exc
+    out = run_quickstart(cfg)
     if cfg.serve:
         serve(out["checkpoint"], cfg.host, cfg.port)
     return 0

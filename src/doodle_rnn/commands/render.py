@@ -19,16 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from doodle_rnn.cli import UserError
-    from doodle_rnn.data.formats import DataFormatError
     from doodle_rnn.render import render_file
 
     if args.limit < 1 or args.size < 16:
         raise UserError("--limit must be at least 1 and --size at least 16")
-    try:
-        written, missing = render_file(args.file, args.out, key_ids=args.key_ids,
-                                       limit=None if args.key_ids else args.limit, fmt=args.format, size=args.size)  # fmt: skip
-    except DataFormatError as exc:
-        raise UserError(str(exc)) from exc
+    written, missing = render_file(args.file, args.out, key_ids=args.key_ids,
+                                   limit=None if args.key_ids else args.limit, fmt=args.format, size=args.size)  # fmt: skip
     print(f"wrote {len(written)} picture(s) to {args.out}")
     if missing:
         raise UserError(f"key_id(s) not found in {args.file}: {', '.join(missing)}")

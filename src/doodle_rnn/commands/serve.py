@@ -81,12 +81,9 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from doodle_rnn.cli import UserError
-    from doodle_rnn.models import ShippedModelError, resolve_model
+    from doodle_rnn.models import resolve_model
 
-    try:
-        args.checkpoint = str(resolve_model(args.checkpoint))
-    except ShippedModelError as exc:
-        raise UserError(str(exc)) from exc
+    args.checkpoint = str(resolve_model(args.checkpoint))
     if not Path(args.checkpoint).is_file():
         from doodle_rnn.text import missing_model_message
 
@@ -103,10 +100,7 @@ def run(args: argparse.Namespace) -> int:
         from doodle_rnn.server.app import Limits, create_app
         from doodle_rnn.text import plural
 
-        try:
-            app = create_app(args.checkpoint, Limits(**limits), args.backend)
-        except ValueError as exc:  # CheckpointError, InferenceError
-            raise UserError(str(exc)) from exc
+        app = create_app(args.checkpoint, Limits(**limits), args.backend)
         info = app.state.classifier.info
         print(f"model: {Path(args.checkpoint).resolve()} ({plural(len(info['classes']), 'class', 'classes')}, "
               f"encoding {info['encoding']}, backend {info['backend']})", flush=True)  # fmt: skip

@@ -10,7 +10,7 @@ HELP = "train the recurrent classifier on a prepared cache, with checkpoints, lo
 DESCRIPTION = (
     "Train the GRU classifier on a cache written by `doodle prepare`. Writes RUN_DIR/config.json, "
     "RUN_DIR/metrics.jsonl, RUN_DIR/best.pt (best validation loss) and RUN_DIR/last.pt (resumable with "
-    "--resume). Also runs under torchrun as `python -m doodle_rnn.train` for data-parallel training."
+    "--resume). Runs under torchrun for data-parallel training: `torchrun --nproc_per_node N -m doodle_rnn train ...`."
 )
 
 
@@ -117,12 +117,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from doodle_rnn.checkpoint import CheckpointError
-    from doodle_rnn.cli import UserError
-    from doodle_rnn.train import TrainError, train
+    from doodle_rnn.train import train
 
-    try:
-        train(config_from_args(args))
-    except (TrainError, CheckpointError) as exc:
-        raise UserError(str(exc)) from exc
+    train(config_from_args(args))
     return 0

@@ -28,7 +28,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,22 +41,25 @@ from doodle_rnn.data.encode import (
     ENCODING_VERSION,
     LengthRules,
     check_encoding,
-    encode_batch,
+    encode_stream,
     steps_to_features,
 )
 from doodle_rnn.data.formats import SkipReport, class_of_file, iter_drawings, list_data_files
+from doodle_rnn.errors import DoodleError
 
 SPLITS = ("train", "val", "test")
 CHUNK = 4096
 FORMAT_VERSION = 1
 
 
-class CacheError(ValueError):
+class CacheError(DoodleError):
     pass
 
 
 @dataclass
 class PrepareConfig:
+    """Settings of `doodle prepare`; its flags take their defaults from here (length rules: LengthRules)."""
+
     inputs: list[str]
     out: str
     classes: list[str] | None = None
@@ -65,8 +68,8 @@ class PrepareConfig:
     val_frac: float = 0.1
     test_frac: float = 0.1
     encoding: str = DEFAULT_ENCODING
-    min_len: int = 6
-    max_len: int = 250
+    min_len: int = LengthRules.min_len
+    max_len: int = LengthRules.max_len
     seed: int = 42
     jobs: int = 1
     strict: bool = False
@@ -128,39 +131,33 @@ def _process_file(path: str, cfg: PrepareConfig) -> _Shard:
     per_class: Counter = Counter()
     word_index: dict[str, int] = {}
     steps_parts, len_parts, word_parts, keys = [], [], [], []
-    pending: list = []
 
-    def flush() -> None:
-        if not pending:
-            return
-        steps, lengths, kept = encode_batch([d.strokes for d in pending], cfg.encoding, rules)
-        shard.too_short += len(pending) - len(kept)
+    def wanted() -> Iterator:
+        """The file's drawings that pass the filters, each counted where it is dropped."""
+        for d in iter_drawings(path, strict=cfg.strict, report=shard.skips):
+            shard.read += 1
+            if want is not None and d.word not in want:
+                shard.other_class += 1
+                continue
+            if not d.word:
+                shard.skips.add(path, shard.read, "no class label")
+                continue
+            if cfg.recognized_only and not d.recognized:
+                shard.not_recognized += 1
+                continue
+            if cfg.max_per_class is not None and per_class[d.word] >= cfg.max_per_class:
+                shard.over_cap += 1
+                continue
+            per_class[d.word] += 1
+            word_index.setdefault(d.word, len(word_index))
+            yield d
+
+    for steps, lengths, kept, too_short in encode_stream(wanted(), cfg.encoding, rules, CHUNK):
+        shard.too_short += too_short
         steps_parts.append(steps)
         len_parts.append(lengths)
-        word_parts.append(np.fromiter((word_index[pending[i].word] for i in kept), np.int32, len(kept)))
-        keys.extend(pending[i].key_id for i in kept)
-        pending.clear()
-
-    for d in iter_drawings(path, strict=cfg.strict, report=shard.skips):
-        shard.read += 1
-        if want is not None and d.word not in want:
-            shard.other_class += 1
-            continue
-        if not d.word:
-            shard.skips.add(path, shard.read, "no class label")
-            continue
-        if cfg.recognized_only and not d.recognized:
-            shard.not_recognized += 1
-            continue
-        if cfg.max_per_class is not None and per_class[d.word] >= cfg.max_per_class:
-            shard.over_cap += 1
-            continue
-        per_class[d.word] += 1
-        word_index.setdefault(d.word, len(word_index))
-        pending.append(d)
-        if len(pending) >= CHUNK:
-            flush()
-    flush()
+        word_parts.append(np.fromiter((word_index[d.word] for d in kept), np.int32, len(kept)))
+        keys.extend(d.key_id for d in kept)
     shard.words = list(word_index)
     lengths = np.concatenate(len_parts) if len_parts else np.zeros(0, np.int64)
     shard.n = len(lengths)
@@ -372,6 +369,18 @@ def _ranges(lengths: np.ndarray) -> np.ndarray:
     return np.arange(total) - np.repeat(starts, lengths)
 
 
+def gather_steps(
+    steps: np.ndarray, offsets: np.ndarray, indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated steps of drawings `indices` (drawing i is steps[offsets[i]:offsets[i + 1]]) and their
+    lengths, gathered without a Python loop; `steps` may be memory-mapped."""
+    indices = np.asarray(indices)
+    starts = offsets[indices]
+    lens = offsets[indices + 1] - starts
+    take = np.repeat(starts, lens) + _ranges(lens)
+    return np.asarray(steps[take]), lens
+
+
 def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
@@ -422,8 +431,4 @@ class DoodleCache:
         return steps_to_features(self.steps_of(i))
 
     def batch_steps(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Concatenated int16 steps of `indices` and their lengths, gathered without a Python loop."""
-        starts = self.offsets[indices]
-        lens = self.lengths[indices]
-        take = np.repeat(starts, lens) + _ranges(lens)
-        return np.asarray(self.steps[take]), lens
+        return gather_steps(self.steps, self.offsets, indices)

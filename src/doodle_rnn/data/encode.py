@@ -21,7 +21,7 @@ more than the arithmetic (see benchmarks/bench_data.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -78,6 +78,32 @@ def encode_batch(
             prepared[i] = s
         flat = _flatten(prepared)
     return _encode_flat(flat, len(prepared), encoding, rules)
+
+
+def encode_stream(
+    drawings: Iterable, encoding: str, rules: LengthRules, chunk: int = 4096
+) -> Iterator[tuple[np.ndarray, np.ndarray, list, int]]:
+    """Encode a stream of drawings (anything with `.strokes`) `chunk` at a time: memory holds one chunk.
+
+    Yields, per chunk, `(steps, lengths, kept, too_short)`: `encode_batch`'s steps and lengths, the kept
+    drawings themselves (in order), and how many the length rules dropped. Callers filter the stream
+    before it comes here (a generator) and keep what they need of each kept drawing.
+    """
+    pending: list = []
+    for d in drawings:
+        pending.append(d)
+        if len(pending) >= chunk:
+            yield _encode_chunk(pending, encoding, rules)
+            pending = []
+    if pending:
+        yield _encode_chunk(pending, encoding, rules)
+
+
+def _encode_chunk(
+    drawings: list, encoding: str, rules: LengthRules
+) -> tuple[np.ndarray, np.ndarray, list, int]:
+    steps, lengths, kept = encode_batch([d.strokes for d in drawings], encoding, rules)
+    return steps, lengths, [drawings[i] for i in kept.tolist()], len(drawings) - len(kept)
 
 
 def _needs_normalising(strokes: Sequence) -> bool:
@@ -185,7 +211,7 @@ def steps_to_features(steps: np.ndarray) -> np.ndarray:
 def pad_steps(steps: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Concatenated int16 steps + lengths -> zero-padded float32 features [B, T, 3] and int64 lengths [B].
 
-    numpy only, so an ONNX Runtime server needs no torch; `batches.pad_features` wraps it for torch.
+    numpy only, so an ONNX Runtime server needs no torch; `doodle_rnn.tensors.pad_features` wraps it for torch.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     b, t = len(lengths), int(lengths.max()) if len(lengths) else 0

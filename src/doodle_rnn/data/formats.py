@@ -34,6 +34,7 @@ import numpy as np
 import orjson
 
 from doodle_rnn.data.drawing import Drawing
+from doodle_rnn.errors import DoodleError
 
 NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 SUPPORTED = "official .ndjson (simplified or raw, optionally .gz), sketch-rnn .npz, Kaggle or reference .csv"
@@ -41,7 +42,7 @@ SUPPORTED = "official .ndjson (simplified or raw, optionally .gz), sketch-rnn .n
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a drawing's JSON easily exceeds csv's 128 KB default
 
 
-class DataFormatError(ValueError):
+class DataFormatError(DoodleError):
     """A file that cannot be read at all, or (with strict=True) the first bad record."""
 
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from doodle_rnn import __version__
 from doodle_rnn.categories import resolve_classes
+from doodle_rnn.errors import DoodleError
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -61,6 +62,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "FORMATS",
     "ClassResult",
+    "DownloadError",
     "DownloadReport",
     "class_url",
     "download_classes",
@@ -68,6 +70,10 @@ __all__ = [
     "output_path",
     "part_path",
 ]
+
+
+class DownloadError(DoodleError):
+    """A download that cannot be made as asked (format, limits, base URL, a class name unfit for a file)."""
 
 
 @dataclass
@@ -148,10 +154,10 @@ def output_path(out_dir: Path, word: str) -> Path:
     """
     root = Path(out_dir).resolve()
     if not word or word != word.strip() or any(c in word for c in "/\\\0") or word in (".", ".."):
-        raise ValueError(f"class name {word!r} cannot be used as a file name")
+        raise DownloadError(f"class name {word!r} cannot be used as a file name")
     final = (root / f"{word}.ndjson").resolve()
     if final.parent != root:
-        raise ValueError(f"class name {word!r} would write outside {root}")
+        raise DownloadError(f"class name {word!r} would write outside {root}")
     return final
 
 
@@ -185,13 +191,13 @@ def download_classes(
     one-line notes (skips, retries, failures); by default they go to stderr above the progress bars.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise DownloadError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if max_per_class is not None and max_per_class < 1:
-        raise ValueError(f"max_per_class must be at least 1, got {max_per_class}")
+        raise DownloadError(f"max_per_class must be at least 1, got {max_per_class}")
     if jobs < 1 or retries < 0 or retry_delay < 0:
-        raise ValueError("jobs must be >= 1, retries >= 0 and retry_delay >= 0")
+        raise DownloadError("jobs must be >= 1, retries >= 0 and retry_delay >= 0")
     if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
-        raise ValueError(f"base URL must start with http:// or https://, got {base_url!r}")
+        raise DownloadError(f"base URL must start with http:// or https://, got {base_url!r}")
     words = resolve_classes(list(classes))
     out_dir = Path(out_dir)
     paths = {w: output_path(out_dir, w) for w in words}  # check every name before touching the disk

@@ -11,6 +11,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from doodle_rnn.errors import DoodleError
+
 # name -> (file inside this package, one line for listings)
 SHIPPED: dict[str, tuple[str, str]] = {
     "animals10": (
@@ -21,7 +23,7 @@ SHIPPED: dict[str, tuple[str, str]] = {
 DEFAULT_MODEL = "animals10"
 
 
-class ShippedModelError(ValueError):
+class ShippedModelError(DoodleError):
     pass
 
 
