@@ -41,7 +41,7 @@ done
 
 step "torchrun, one rank, NCCL"
 timeout 120 $PY -m torch.distributed.run --nproc_per_node 1 --master_addr 127.0.0.1 --master_port 29533 \
-    -m doodle_rnn.train --data /tmp/w1k --out /tmp/ddp --epochs 1 --max-steps 20 --batch-size 256 \
+    -m doodle_rnn train --data /tmp/w1k --out /tmp/ddp --epochs 1 --max-steps 20 --batch-size 256 \
     --log-every 10 --device cuda
 
 step "bench_infer (this machine's CPU: torch and ONNX Runtime)"
