@@ -67,6 +67,9 @@ def test_help_shows_only_defaults_that_inform() -> None:
     assert "(default" not in train["--data"] and "(default" not in train["--out"]  # required
     assert train["--lr"].endswith("(default: 0.002)") and train["--augment"].endswith("(default: True)")
     assert train["--num-threads"].count("(default") == 1
+    # a pair of switches for one setting: only the one that is the default says so
+    prepare = {e.split()[0]: e for e in _help_entries("prepare")}
+    assert prepare["--recognized-only"].endswith("(the default)") and "default" not in prepare["--all"]
 
 
 def test_version() -> None:

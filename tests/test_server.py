@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 import uvicorn
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_inference import build_tiny_checkpoint, raw_drawings, with_card
 
@@ -272,27 +272,30 @@ bodies = st.one_of(
 )
 
 
-FUZZ_STATUSES: Counter = Counter()
+def test_fuzz_never_5xx_reaches_model_and_validator_and_leaves_the_server_healthy(http):
+    """Random bodies (JSON of any shape, near-valid drawings, bytes): never a 5xx, always a JSON error.
 
+    The statuses are counted inside this test, so the coverage check does not depend on test order.
+    """
+    statuses: Counter = Counter()
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=bodies, batch=st.booleans())
-def test_fuzz_never_5xx(http, body, batch):
-    path = "/api/predict"
-    if batch:
-        path, body = "/api/predict/batch", b'{"drawings": [' + body + b"]}"
-    r = http.post(path, content=body, headers={"Content-Type": "application/json"})
-    FUZZ_STATUSES[r.status_code] += 1
-    assert r.status_code < 500, (body, r.text)
-    assert r.status_code in (200, 400, 413, 422), r.text
-    if r.status_code != 200:
-        assert set(r.json()["error"]) == {"field", "rule", "message"}
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(body=bodies, batch=st.booleans())
+    def post(body, batch):
+        path = "/api/predict"
+        if batch:
+            path, body = "/api/predict/batch", b'{"drawings": [' + body + b"]}"
+        r = http.post(path, content=body, headers={"Content-Type": "application/json"})
+        statuses[r.status_code] += 1
+        assert r.status_code < 500, (body, r.text)
+        assert r.status_code in (200, 400, 413, 422), r.text
+        if r.status_code != 200:
+            assert set(r.json()["error"]) == {"field", "rule", "message"}
 
-
-def test_still_healthy_after_fuzzing(http):
-    if FUZZ_STATUSES:  # the fuzzer reached both the model and the validator
-        assert FUZZ_STATUSES[200] > 0 and FUZZ_STATUSES[422] > 0, FUZZ_STATUSES
-        print(f"fuzz statuses: {dict(FUZZ_STATUSES)}")
+    post()
+    print(f"fuzz statuses: {dict(statuses)}")
+    # the fuzzer reached both the model (a 200) and the validator (a 422), not just one of them
+    assert statuses[200] > 0 and statuses[422] > 0, statuses
     assert http.get("/healthz").json() == {"status": "ok"}
     assert http.post("/api/predict", json={"strokes": next(iter(generate(1))).strokes}).status_code == 200
 

@@ -132,17 +132,64 @@ class _ConvFrontEnd(nn.Module):
         return h.transpose(1, 2).contiguous()
 
 
+# ---------------------------------------------------------------------------------------------------
+# The fused GRU (`impl="fused"`): the same numbers as nn.GRU, computed over packed rows.
+#
+# One GRU step for one direction (PyTorch's definition; `*` is elementwise, x_t the input, h the state):
+#
+#     r   = sigmoid(x_t W_ir^T + b_ir + h_{t-1} W_hr^T + b_hr)          reset gate
+#     z   = sigmoid(x_t W_iz^T + b_iz + h_{t-1} W_hz^T + b_hz)          update gate
+#     n   = tanh   (x_t W_in^T + b_in + r * (h_{t-1} W_hn^T + b_hn))    candidate state
+#     h_t = (1 - z) * n + z * h_{t-1}  =  lerp(n, h_{t-1}, z)
+#
+# W_ih = [W_ir; W_iz; W_in] and W_hh likewise, so one product gives all three gates: the input
+# projection x W_ih^T + b_ih ([.., 3H], computed for every step at once before the time loop) and the
+# hidden projection h W_hh^T + b_hh ([.., 3H], one product per step). Both are laid out [r | z | n].
+#
+# Packed rows. Drawings are sorted longest first; step t holds the `counts[t]` drawings still running,
+# in rows `starts[t] : starts[t] + counts[t]` (time-major, like a PackedSequence). For lengths 4, 3, 1:
+#
+#     step t:       0           1        2        3
+#     rows:     | 0  1  2 |   3  4   |  5  6  |   7   | 8 ... (shape padding: zero, never read)
+#     drawing:    A  B  C     A  B      A  B      A
+#     counts:       3           2        2        1
+#     starts:       0           3        5        7
+#
+# The drawings running at step t are the first counts[t] of step t - 1, so a step's previous states
+# are the first rows of the previous step (`prev[row]` names that row for every row after step 0).
+# The reverse direction runs forward over each drawing flipped within its own length (A's steps
+# 3 2 1 0), so both directions share this layout and start at each drawing's true first/last point.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _mm_add_fp32(add: torch.Tensor, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+    """out[i] = add[i] + a[i] @ w[i] for each direction i, in fp32.
+
+    One 2-D product per direction: MKL reads the strided rows directly, where a batched `baddbmm`
+    copies them (~1.8x slower).
+    """
+    for i in range(len(a)):
+        torch.addmm(add[i], a[i], w[i], out=out[i])
+
+
+def _mm_add_bf16(add: torch.Tensor, a: torch.Tensor, w_bf16: torch.Tensor, out: torch.Tensor) -> None:
+    """out = add + a @ w_bf16 for all directions in one batched product with bf16 operands.
+
+    oneDNN runs it ~14% faster than one product per direction; the sum and `out` stay fp32.
+    """
+    torch.add(add, torch.bmm(a.to(w_bf16.dtype), w_bf16), out=out)
+
+
 class _GRUScan(torch.autograd.Function):
     """The recurrent part of one GRU layer, all directions at once, over packed, length-sorted drawings.
 
-    Rows are packed like a `PackedSequence`: step t's rows are `off[t] : off[t] + counts[t]`, and
-    because drawings are sorted longest first, the drawings running at step t are the first
-    `counts[t]` of step t - 1 (so a step's previous states are a prefix of the previous step's rows).
-    gi: [D, N, 3H] input projections (x W_ih^T + b_ih), each direction in its own time order;
-    w_hh: [D, 3H, H]; b_hh: [D, 3H]; last: [B] the packed row of each drawing's final step;
-    prev: [N - counts[0]] the packed row of the previous step for every row after step 0. N may
-    exceed the packed steps (shape padding, see `_padded_rows`): those tail rows stay zero, and their
-    `prev` entries point anywhere. Returns the outputs [D, N, H] and the final states [D, B, H].
+    x_proj: [D, N, 3H] input projections (x W_ih^T + b_ih), each direction in its own time order, D
+    directions, N packed rows (see the picture above); w_hh: [D, 3H, H]; b_hh: [D, 3H]; counts, starts:
+    the rows of each step; last: [B] the packed row of each drawing's final step; prev: [N - counts[0]]
+    the packed row of the previous step for every row after step 0. N may exceed the packed steps
+    (shape padding, see `_padded_rows`): those tail rows stay zero, and their `prev` entries point
+    anywhere. mm_dtype: None for fp32 products, torch.bfloat16 for bf16 products (states, gates and
+    gradients stay fp32). Returns the outputs (hidden states) [D, N, H] and the final states [D, B, H].
 
     Why packed: nothing is computed or stored for padding. With randomly composed batches the longest
     drawing is about 2.5x the mean, so padded buffers were mostly zeros, and allocating them (hundreds
@@ -153,102 +200,105 @@ class _GRUScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, gi, w_hh, b_hh, counts, off, last, prev, mm_dtype=None):  # type: ignore[override]
-        d, rows, g = gi.shape
-        h = g // 3
-        b = counts[0] if counts else 0
+    def forward(ctx, x_proj, w_hh, b_hh, counts, starts, last, prev, mm_dtype=None):  # type: ignore[override]
+        dirs, rows, three_h = x_proj.shape
+        hidden = three_h // 3
+        batch = counts[0] if counts else 0
         save = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        # fp32: per-direction 2-D products (MKL reads strided rows directly, where baddbmm copies, ~1.8x
-        # slower); bf16: one batched product for all directions (oneDNN; ~14% faster than per direction).
-        wt = w_hh.transpose(1, 2).contiguous()
-        wt_m = wt.to(mm_dtype) if mm_dtype is not None else None
-        b_hh_b = b_hh.unsqueeze(1)
-        out = gi.new_empty(d, rows, h)
-        used = off[-1] + counts[-1] if counts else 0
-        out[:, used:] = 0  # rows past the packed steps (shape padding) stay zero
-        # h W_hh^T + b_hh (its n part is needed backward) and r, z, n after their nonlinearities; without
-        # gradients one step's worth is reused.
-        gh_all = gi.new_empty(d, rows if save else b, g)
-        act_all = gi.new_empty(d, rows if save else b, g)
-        h0 = gi.new_zeros(d, b, h)
+        if mm_dtype is None:
+            mm_add, w_hh_t, bias = _mm_add_fp32, w_hh.transpose(1, 2).contiguous(), b_hh
+        else:
+            mm_add, w_hh_t, bias = (
+                _mm_add_bf16,
+                w_hh.transpose(1, 2).contiguous().to(mm_dtype),
+                b_hh.unsqueeze(1),
+            )
+        states = x_proj.new_empty(dirs, rows, hidden)
+        used = starts[-1] + counts[-1] if counts else 0
+        states[:, used:] = 0  # rows past the packed steps (shape padding) stay zero
+        # Per row: the hidden projection h W_hh^T + b_hh (its n part is needed backward) and the gates
+        # r, z, n after their nonlinearities. Kept for every row when a backward pass will need them;
+        # without gradients (validation) one step's worth is reused.
+        h_proj_all = x_proj.new_empty(dirs, rows if save else batch, three_h)
+        gates_all = x_proj.new_empty(dirs, rows if save else batch, three_h)
+        h_zero = x_proj.new_zeros(dirs, batch, hidden)
         for t, n in enumerate(counts):
-            o = off[t]
-            s = o if save else 0
-            hp = out[:, off[t - 1] : off[t - 1] + n] if t else h0
-            gh = gh_all[:, s : s + n]
-            act = act_all[:, s : s + n]
-            gx = gi[:, o : o + n]
-            if wt_m is None:
-                for i in range(d):
-                    torch.addmm(b_hh[i], hp[i], wt[i], out=gh[i])
-            else:  # low-precision products (all directions in one), fp32 state and gates
-                torch.add(b_hh_b, torch.bmm(hp.to(mm_dtype), wt_m), out=gh)
-            rz = act[..., : 2 * h]
-            torch.add(gx[..., : 2 * h], gh[..., : 2 * h], out=rz)
-            rz.sigmoid_()
-            nn_ = act[..., 2 * h :]
-            torch.addcmul(gx[..., 2 * h :], rz[..., :h], gh[..., 2 * h :], out=nn_)
-            nn_.tanh_()
-            torch.lerp(nn_, hp, rz[..., h:], out=out[:, o : o + n])
-        final = out[:, last]
+            row = starts[t]
+            buf = row if save else 0
+            h_prev = states[:, starts[t - 1] : starts[t - 1] + n] if t else h_zero
+            h_proj = h_proj_all[:, buf : buf + n]
+            gates = gates_all[:, buf : buf + n]
+            x_p = x_proj[:, row : row + n]
+            mm_add(bias, h_prev, w_hh_t, h_proj)
+            r_z = gates[..., : 2 * hidden]  # r and z together: the same sum and sigmoid
+            torch.add(x_p[..., : 2 * hidden], h_proj[..., : 2 * hidden], out=r_z)
+            r_z.sigmoid_()
+            cand = gates[..., 2 * hidden :]  # n
+            torch.addcmul(x_p[..., 2 * hidden :], r_z[..., :hidden], h_proj[..., 2 * hidden :], out=cand)
+            cand.tanh_()
+            torch.lerp(cand, h_prev, r_z[..., hidden:], out=states[:, row : row + n])
+        final = states[:, last]
         if save:
-            ctx.save_for_backward(w_hh, out, gh_all, act_all, prev)
-            ctx.counts, ctx.off = counts, off
+            ctx.save_for_backward(w_hh, states, h_proj_all, gates_all, prev)
+            ctx.counts, ctx.starts = counts, starts
             ctx.mm_dtype = mm_dtype
         ctx.set_materialize_grads(False)
-        return out, final
+        return states, final
 
     @staticmethod
-    def backward(ctx, g_out, g_final):  # type: ignore[override]
-        w_hh, out, gh_all, act_all, prev = ctx.saved_tensors
-        counts, off = ctx.counts, ctx.off
-        mdt = ctx.mm_dtype
-        w_m = w_hh.to(mdt) if mdt is not None else w_hh
-        d, rows, h = out.shape
-        b = counts[0]
-        dh = g_final.clone() if g_final is not None else out.new_zeros(d, b, h)
-        dgh_all = out.new_empty(d, rows, 3 * h)
-        dn_all = out.new_empty(d, rows, h)
-        used = off[-1] + counts[-1]
-        dgh_all[:, used:] = 0
-        dn_all[:, used:] = 0
-        zeros = out.new_zeros(d, b, h)
+    def backward(ctx, g_states, g_final):  # type: ignore[override]
+        w_hh, states, h_proj_all, gates_all, prev = ctx.saved_tensors
+        counts, starts, mm_dtype = ctx.counts, ctx.starts, ctx.mm_dtype
+        if mm_dtype is None:
+            mm_add, w_hh_mm = _mm_add_fp32, w_hh
+        else:
+            mm_add, w_hh_mm = _mm_add_bf16, w_hh.to(mm_dtype)
+        dirs, rows, hidden = states.shape
+        batch = counts[0]
+        # d_h: gradient of the loss with respect to the running hidden state (rows of one step)
+        d_h = g_final.clone() if g_final is not None else states.new_zeros(dirs, batch, hidden)
+        # gradients of the pre-activations: [r | z | n-part of h W_hh^T + b_hh] and of n's input part
+        d_gates_all = states.new_empty(dirs, rows, 3 * hidden)
+        d_cand_all = states.new_empty(dirs, rows, hidden)
+        used = starts[-1] + counts[-1]
+        d_gates_all[:, used:] = 0
+        d_cand_all[:, used:] = 0
+        h_zero = states.new_zeros(dirs, batch, hidden)
         for t in range(len(counts) - 1, -1, -1):
-            n, o = counts[t], off[t]
-            dht = dh[:, :n]
-            if g_out is not None:
-                dht += g_out[:, o : o + n]
-            act = act_all[:, o : o + n]
-            r, z, nn_ = act[..., :h], act[..., h : 2 * h], act[..., 2 * h :]
-            hn = gh_all[:, o : o + n, 2 * h :]
-            dgh = dgh_all[:, o : o + n]
-            dn = dn_all[:, o : o + n]
-            # n' = tanh(.) -> dn_pre = dh (1 - z) (1 - n^2)
-            torch.mul(dht, 1 - z, out=dn)
-            dn.mul_(1 - nn_ * nn_)
+            n, row = counts[t], starts[t]
+            d_ht = d_h[:, :n]
+            if g_states is not None:
+                d_ht += g_states[:, row : row + n]
+            gates = gates_all[:, row : row + n]
+            r, z, cand = gates[..., :hidden], gates[..., hidden : 2 * hidden], gates[..., 2 * hidden :]
+            h_proj_n = h_proj_all[:, row : row + n, 2 * hidden :]
+            d_gates = d_gates_all[:, row : row + n]
+            d_cand = d_cand_all[:, row : row + n]
+            # n = tanh(.) -> d_n_pre = dh (1 - z) (1 - n^2)
+            torch.mul(d_ht, 1 - z, out=d_cand)
+            d_cand.mul_(1 - cand * cand)
             # z gate: dz_pre = dh (h_prev - n) z (1 - z)
-            hp = out[:, off[t - 1] : off[t - 1] + n] if t else zeros
-            torch.mul(dht * (hp - nn_), z * (1 - z), out=dgh[..., h : 2 * h])
-            # r gate: dr_pre = dn_pre hn r (1 - r)
-            torch.mul(dn * hn, r * (1 - r), out=dgh[..., :h])
-            torch.mul(dn, r, out=dgh[..., 2 * h :])
-            carry = dht * z
-            if mdt is None:
-                for i in range(d):
-                    torch.addmm(carry[i], dgh[i], w_hh[i], out=dh[i, :n])
-            else:
-                torch.add(carry, torch.bmm(dgh.to(mdt), w_m), out=dh[:, :n])
-        g_gi = torch.cat([dgh_all[..., : 2 * h], dn_all], dim=-1) if ctx.needs_input_grad[0] else None
+            h_prev = states[:, starts[t - 1] : starts[t - 1] + n] if t else h_zero
+            torch.mul(d_ht * (h_prev - cand), z * (1 - z), out=d_gates[..., hidden : 2 * hidden])
+            # r gate: dr_pre = d_n_pre (h W_hn^T + b_hn) r (1 - r)
+            torch.mul(d_cand * h_proj_n, r * (1 - r), out=d_gates[..., :hidden])
+            torch.mul(d_cand, r, out=d_gates[..., 2 * hidden :])
+            # dh_{t-1} = dh z + d_gates W_hh
+            mm_add(d_ht * z, d_gates, w_hh_mm, d_h[:, :n])
+        g_x_proj = None
+        if ctx.needs_input_grad[0]:
+            g_x_proj = torch.cat([d_gates_all[..., : 2 * hidden], d_cand_all], dim=-1)
         g_w = g_b = None
         if ctx.needs_input_grad[1]:
-            # sum over steps t >= 1 of dgh_t^T h_{t-1}; step 0 (h_{-1} = 0) adds nothing
-            a, b_ = dgh_all[:, b:], out[:, prev]
-            if mdt is not None:
-                a, b_ = a.to(mdt), b_.to(mdt)
-            g_w = torch.stack([torch.mm(a[i].t(), b_[i]) for i in range(d)]).to(w_hh.dtype)
+            # sum over steps t >= 1 of d_gates_t^T h_{t-1}; step 0 (h_{-1} = 0) adds nothing
+            d_gates_later, h_prev_rows = d_gates_all[:, batch:], states[:, prev]
+            if mm_dtype is not None:
+                d_gates_later, h_prev_rows = d_gates_later.to(mm_dtype), h_prev_rows.to(mm_dtype)
+            g_w = torch.stack([torch.mm(d_gates_later[i].t(), h_prev_rows[i]) for i in range(dirs)])
+            g_w = g_w.to(w_hh.dtype)
         if ctx.needs_input_grad[2]:
-            g_b = dgh_all.sum(dim=1)
-        return g_gi, g_w, g_b, None, None, None, None, None
+            g_b = d_gates_all.sum(dim=1)
+        return g_x_proj, g_w, g_b, None, None, None, None, None
 
 
 class _Flip(torch.autograd.Function):
@@ -291,6 +341,20 @@ def _padded_rows(rows: int) -> int:
     return -(-rows // granule) * granule
 
 
+def _input_proj_fp32(inputs: list[torch.Tensor], w_ih: torch.Tensor, b_ih: torch.Tensor) -> torch.Tensor:
+    """x W_ih^T + b_ih for every packed row of each direction's input, in fp32: [D, N, 3H]."""
+    return torch.stack([torch.addmm(b_ih[i], inputs[i], w_ih[i].t()) for i in range(len(inputs))])
+
+
+def _input_proj_bf16(
+    inputs: list[torch.Tensor], w_ih: torch.Tensor, b_ih: torch.Tensor, mm_dtype: torch.dtype
+) -> torch.Tensor:
+    """x W_ih^T + b_ih with bf16 operands; the bias is added to the product in fp32: [D, N, 3H]."""
+    w_low = w_ih.to(mm_dtype)
+    proj = torch.stack([torch.mm(inputs[i].to(mm_dtype), w_low[i].t()) for i in range(len(inputs))])
+    return proj.float() + b_ih.unsqueeze(1)
+
+
 def gru_final_states(
     gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor, training: bool, mm_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
@@ -310,8 +374,8 @@ def gru_final_states(
     t_max = int(lens[0]) if bsz else 0
     counts_t = bsz - torch.cumsum(torch.bincount(lens, minlength=t_max + 1), 0)[:t_max]
     counts = counts_t.tolist()
-    off = (torch.cumsum(counts_t, 0) - counts_t).tolist()
-    # Packed layout (time-major, running drawings only): row of (t, i) = pos[t, i]
+    starts = (torch.cumsum(counts_t, 0) - counts_t).tolist()
+    # Packed layout (the picture above `_mm_add_fp32`): row of (step t, sorted drawing i) = pos[t, i]
     running = torch.arange(t_max).unsqueeze(1) < lens.unsqueeze(0)  # [T, B]
     t_idx, b_idx = running.nonzero(as_tuple=True)  # in packed row order
     pos = torch.full((t_max, bsz), -1, dtype=torch.int64)
@@ -343,19 +407,23 @@ def gru_final_states(
             b_ih = torch.stack([getattr(gru, f"bias_ih_l{layer}{s}") for s in sfx])
             b_hh = torch.stack([getattr(gru, f"bias_hh_l{layer}{s}") for s in sfx])
             if mm_dtype is None:
-                gi = torch.stack([torch.addmm(b_ih[i], inputs[i], w_ih[i].t()) for i in range(dirs)])
+                x_proj = _input_proj_fp32(inputs, w_ih, b_ih)
             else:
-                wl = w_ih.to(mm_dtype)
-                gi = torch.stack([torch.mm(inputs[i].to(mm_dtype), wl[i].t()) for i in range(dirs)])
-                gi = gi.float() + b_ih.unsqueeze(1)
-            out, final = _GRUScan.apply(gi, w_hh, b_hh, counts, off, last, prev, mm_dtype)
+                x_proj = _input_proj_bf16(inputs, w_ih, b_ih, mm_dtype)
+            states, final = _GRUScan.apply(x_proj, w_hh, b_hh, counts, starts, last, prev, mm_dtype)
             if layer < gru.num_layers - 1:
                 if training and gru.dropout > 0:
-                    out = _dropout(out, gru.dropout)
+                    states = _dropout(states, gru.dropout)
                 if dirs == 2:
-                    o0f, o1f = _Flip.apply(out[0], flip), _Flip.apply(out[1], flip)
-                    inputs = [torch.cat([out[0], o1f], -1), torch.cat([o0f, out[1]], -1)]
+                    # the next layer's input at each step: [forward state | reverse state] of that step,
+                    # in the forward time order for the forward direction and flipped for the reverse one
+                    fwd_in_rev_time = _Flip.apply(states[0], flip)
+                    rev_in_fwd_time = _Flip.apply(states[1], flip)
+                    inputs = [
+                        torch.cat([states[0], rev_in_fwd_time], -1),
+                        torch.cat([fwd_in_rev_time, states[1]], -1),
+                    ]
                 else:
-                    inputs = [out[0]]
-    states = torch.cat(list(final), dim=-1)  # [B, D * H], sorted order
-    return states[torch.argsort(order_d)]
+                    inputs = [states[0]]
+    final_cat = torch.cat(list(final), dim=-1)  # [B, D * H], sorted order
+    return final_cat[torch.argsort(order_d)]

@@ -10,7 +10,7 @@ Determinism, so that a resumed run equals an uninterrupted one: the batch order 
 an epoch are functions of (seed, epoch, step) alone, and the only other randomness (dropout) draws
 from torch's generator, whose state is saved with each checkpoint.
 
-Data parallel: under `torchrun` every rank builds the same length-bucketed batch list and takes every
+Data parallel: under `torchrun` every rank builds the same batch list (from the seed) and takes every
 world-th batch (`shard_batches`); gradients are averaged by DistributedDataParallel, validation
 counts are summed across ranks, and only rank 0 writes files and logs.
 """

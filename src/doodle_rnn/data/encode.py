@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 ENCODINGS = ("stroke3", "reference")
-# Chosen from measurements (README, "Encodings"): on real-derived data `reference` trained as well or
-# better (10 animals, jittered real drawings: val acc 0.981 vs 0.969 after 6 epochs; the 345-class real
+# What each holds: README, "Encodings". Chosen from measurements (docs/benchmarks.md): on real-derived
+# data `reference` trained as well or better (10 animals, jittered real drawings: val acc 0.981 vs 0.969 after 6 epochs; the 345-class real
 # sample: val loss 4.25 vs 4.53 after 5 epochs) and is ~15% faster per epoch (fewer steps); on synthetic
 # shapes the two were mixed (acc 0.850 vs 0.878, loss 0.438 vs 0.452 after 3 epochs).
 DEFAULT_ENCODING = "reference"

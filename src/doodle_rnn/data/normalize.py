@@ -6,55 +6,17 @@ different kind of drawing at prediction time than at training time.
 
 Google's published procedure (quickdraw-dataset README): align the drawing to the top-left (minimum 0),
 scale uniformly so the largest coordinate is 255, resample every stroke at 1 px spacing, simplify
-each stroke with Ramer-Douglas-Peucker (epsilon 2.0), integer coordinates. Measured against the 7,692
-raw/simplified pairs of the shared sample (`benchmarks/bench_normalize.py` prints the figures), this
-module reproduces 7,690 drawings exactly (99.97%); the other two differ by one RDP tie each (below).
+each stroke with Ramer-Douglas-Peucker (epsilon 2.0), integer coordinates. This module reproduces
+7,690 of the 7,692 raw/simplified pairs of the shared sample exactly (99.97%,
+`benchmarks/bench_normalize.py`).
 
-The exact arithmetic matters, because RDP often meets ties: a straight raw segment parallel to the chord
-(integer screen coordinates make these common) gives a run of resampled points that are equally far from
-the chord in exact arithmetic, and the one kept is decided by the last bit of floating-point noise. The
-choices that reproduce Google's noise, all float64:
-
-- Scale as `(v - min) * 255 / extent` (multiply, then divide), extent = the larger axis extent.
-- Segment lengths `sqrt(dx*dx + dy*dy)` (not `np.hypot`, which differs in the last bit), arc length by a
-  sequential running sum per stroke.
-- Samples at s = 0, 1, 2, ... < L, plus the stroke's last point always; on the segment j with the largest
-  `cum[j] <= s`, `t = (s - cum[j]) / seg[j]` and the point is `a * (1 - t) + b * t`. This blend is
-  what breaks ties: on an axis-parallel run it puts some samples one ulp off the run's line.
-  A zero-length stroke (a dot, even a single raw point) becomes two identical points.
-- RDP with the distance to the infinite line through the chord, `|dx*qy - dy*qx| / sqrt(dx*dx + dy*dy)`
-  (q relative to the chord's first point), first farthest point (strict `>`), split while it is `> 2.0`.
-- Round half to even, only at the very end.
-
-How it was found: with the earlier pipeline ((v - min) / extent * 255, np.interp-style
-`slope * (s - cum[j]) + a`) the same steps gave 94.36% exact. An oracle that let each RDP step pick any
-of its (near-)tied points showed 409 of the 434 misses were tie-breaks alone. 228 of those ties were on
-an axis-parallel chord with an exactly constant run, where the choice depends only on the noise of
-the resampled coordinate, not on the distance formula; of 120 scale x interpolation x float32/64
-x t-denominator combinations tried on those 228 ties, exactly one matched all of them (the one above;
-the next best, `(v - min) * (255 / extent)` with the same blend, 107). Over all pairs it gives 99.97%.
-Other variants (drawings exact; "quarter" = every 4th pair, 1,923 drawings, where the chosen
-pipeline gets 1,922; "misses" = the 434 misses of the old pipeline, where it gets 432):
-
-- With the new resampling: `np.hypot` segment lengths 99.0% (first 2,000 pairs, vs 99.95%). RDP
-  distance with a `hypot` norm or times `1 / norm` 99.9% (quarter), a unit-vector cross product 98.7%
-  (quarter), the expanded `|dx*y - dy*x - (dx*ay - dy*ax)|` 97.1% (quarter), `|dy*x - dx*y + bx*ay -
-  by*ax| / hypot` 172 of the misses, foot-of-perpendicular squared distance 98.1% (quarter),
-  cross product squared over norm squared against 4.0 427 of the misses, simplify-js / softSurfer
-  distance to the segment 27% (quarter).
-- On the 482 tie events of the misses (old point values chose wrong or right): resampling in raw units
-  (step extent / 255, scaled afterwards by div or mul), accumulating walks (`p += unit`, or
-  `a + unit * pos`), `a + (b - a) * t`, `a + (b - a) * r / L`, `(a * (L - r) + b * r) / L`, with
-  div or mul scaling and four distance formulas: at most 201 of 482 (mul scale with the `(1 - t)`
-  blend). On the 228 axis-parallel ties also float32 throughout (at most 50) and the $1-recognizer walk.
-- The colleague's earlier measurements with the old arithmetic (first 1,000-2,000 pairs): float32
-  anywhere 91-93%; half-up rounding 90.3%, floor/truncation and rounding before resampling or before
-  RDP 0%; no appended last point 9.5%; `n` evenly spaced points 1.4-3.8%; resampling per raw segment
-  restarting at each vertex 0%; a dot as one point 86.3%; distance to the segment instead of the line
-  26%; ties to the last farthest point 88.7%; `>= 2.0` instead of `> 2.0` the same.
-
-What is left: 2 drawings, each an exact tie on a slanted chord (where the distance formula's noise also
-counts) that no distance formula tried resolves without losing others.
+RDP often meets exact ties, which the last bit of floating-point noise decides, so the arithmetic is
+chosen to reproduce Google's noise; do not "tidy" it. All float64: scale as `(v - min) * 255 / extent`;
+segment lengths `sqrt(dx*dx + dy*dy)` (not `np.hypot`) with a sequential running sum; samples at
+s = 0, 1, 2, ... < L plus the stroke's last point, each `a * (1 - t) + b * t` on its segment; a dot
+becomes two identical points; RDP distance to the infinite line through the chord, first farthest
+point, split while `> 2.0`; round half to even only at the very end. Each choice, the variants tried
+and what they scored, and the two drawings still missed: `docs/normalize.md`.
 
 Speed: everything is vectorised over a batch of drawings. Resampling locates each sample's segment
 with one integer `searchsorted`; RDP runs breadth-first, one numpy pass per recursion level over all
