@@ -20,6 +20,7 @@
   const THROTTLE_MS = 250; // at most one guess request this often while a stroke is being drawn
   const GAME_SECONDS = 20;
   const ROUND_PAUSE_MS = 3000; // time to read how the round went before the next one starts
+  const REQUEST_TIMEOUT_MS = 10000; // a request not answered by then is given up (the next one goes)
 
   const $ = (id) => document.getElementById(id);
   const canvas = $("canvas");
@@ -180,25 +181,18 @@
     pending = false;
     lastSent = performance.now();
     try {
-      const res = await fetch("/api/predict", {
+      const body = await api("api/predict", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ strokes: sent, top_k: 3 }),
       });
-      const body = await res.json();
-      if (!res.ok) {
-        const err = body && body.error ? body.error.message : `HTTP ${res.status}`;
-        shownVersion = sentVersion;
-        setStatus(`The server refused the drawing: ${err}`, true);
-      } else {
-        lastSentStrokes = sent;
-        lastResult = body;
-        showGuesses(body, sentVersion);
-        if (sentDrawing === drawingId) judge(body, sent);
-      }
+      lastSentStrokes = sent;
+      lastResult = body;
+      showGuesses(body, sentVersion);
+      if (sentDrawing === drawingId) judge(body, sent);
     } catch (e) {
       shownVersion = sentVersion;
-      setStatus(`Could not reach the server (${e.message}).`, true);
+      setStatus(e.refused ? `The server refused the drawing: ${e.message}` : `${e.message}.`, true);
     } finally {
       inflight = false;
       if (pending) {
@@ -208,6 +202,42 @@
         settleIdle();
       }
     }
+  }
+
+  /**
+   * GET or POST `path`, relative to the page (so it works under any path prefix), and return the JSON
+   * answer. Throws an Error that says what went wrong, in words for the status line: no answer within
+   * REQUEST_TIMEOUT_MS, the server unreachable, an answer that is not JSON (a proxy's error page), or
+   * the API's own error (`refused`: true, the message is the API's).
+   */
+  async function api(path, init = {}) {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), REQUEST_TIMEOUT_MS);
+    let res, text;
+    try {
+      res = await fetch(path, { ...init, signal: abort.signal });
+      text = await res.text();
+    } catch (e) {
+      throw new Error(abort.signal.aborted
+        ? `The server did not answer within ${REQUEST_TIMEOUT_MS / 1000} s`
+        : `Could not reach the server (${e.message})`);
+    } finally {
+      clearTimeout(timer);
+    }
+    let body;
+    try {
+      body = JSON.parse(text);
+    } catch (e) {
+      const start = text.replace(/\s+/g, " ").trim().slice(0, 80);
+      throw new Error(`The server answered HTTP ${res.status} with a body that is not JSON` +
+        (start ? ` ("${start}")` : " (empty)"));
+    }
+    if (!res.ok) {
+      const err = new Error(body && body.error ? body.error.message : `HTTP ${res.status}`);
+      err.refused = true;
+      throw err;
+    }
+    return body;
   }
 
   function setStatus(text, isError) {
@@ -308,11 +338,9 @@
   async function loadModel() {
     let info;
     try {
-      const res = await fetch("/api/model");
-      if (!res.ok) return;
-      info = await res.json();
+      info = await api("api/model");
     } catch (e) {
-      return; // the guesses report an unreachable server
+      return; // the guesses report what is wrong with the server
     }
     const card = info.card || {};
     const t = card.announce_threshold;
@@ -413,13 +441,23 @@
 
   async function loadClasses() {
     if (game.classes.length) return game.classes;
-    const res = await fetch("/api/classes");
-    game.classes = (await res.json()).classes;
+    const classes = (await api("api/classes")).classes;
+    if (!Array.isArray(classes) || !classes.length) throw new Error("The model has no classes to draw");
+    game.classes = classes;
     return game.classes;
   }
 
+  /** Game mode on, once the classes to draw are known; if they cannot be loaded, back to free drawing. */
   async function startGame() {
-    await loadClasses();
+    try {
+      await loadClasses();
+    } catch (e) {
+      if (mode !== "game") return; // the player left game mode meanwhile
+      showMode("free");
+      setStatus(`Could not start the game: ${e.refused ? `the server said ${e.message}` : e.message}.`, true);
+      return;
+    }
+    if (mode !== "game") return; // the player left game mode meanwhile
     game.active = true;
     game.score = 0;
     game.attempts = 0;
@@ -485,13 +523,21 @@
       : "–";
   }
 
-  function setMode(mode) {
-    const isGame = mode === "game";
+  let mode = "free";
+
+  /** The mode tabs show `m`; nothing else changes. */
+  function showMode(m) {
+    mode = m;
+    const isGame = m === "game";
     $("mode-free").classList.toggle("active", !isGame);
     $("mode-game").classList.toggle("active", isGame);
     $("mode-free").setAttribute("aria-selected", String(!isGame));
     $("mode-game").setAttribute("aria-selected", String(isGame));
-    if (isGame) startGame();
+  }
+
+  function setMode(m) {
+    showMode(m);
+    if (m === "game") startGame();
     else stopGame();
   }
   $("mode-free").addEventListener("click", () => setMode("free"));
@@ -513,7 +559,7 @@
     },
     get game() {
       return {
-        active: game.active, target: game.target, score: game.score, attempts: game.attempts,
+        mode, active: game.active, target: game.target, score: game.score, attempts: game.attempts,
         rounds: game.rounds.map((r) => ({ ...r })),
       };
     },
