@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Annotated
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -35,6 +35,7 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, Field, ValidationE
 from pydantic_core import PydanticCustomError
 
 from doodle_rnn.inference import Classifier, Prediction
+from doodle_rnn.server.models import Entry, ModelRegistry, UnknownModel
 
 log = logging.getLogger("doodle_rnn.server")
 STATIC = Path(__file__).parent / "static"
@@ -109,6 +110,20 @@ def _drawing_rules(limits: Limits):
     return AfterValidator(check)
 
 
+MODEL_FIELD = Field(
+    None,
+    strict=True,
+    description="which model answers: a name from GET /api/models (404 for another); "
+    "default: the model the server was started with",
+    examples=["animals10"],
+)
+
+
+MODEL_QUERY = Query(
+    None, description="a name from GET /api/models; default: the model the server was started with"
+)
+
+
 def _top_k(limits: Limits, description: str):
     return Field(3, strict=True, ge=1, le=limits.max_top_k, description=description)
 
@@ -130,6 +145,7 @@ def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
             examples=[[[[10, 60, 110], [20, 80, 20], [0, 40, 90]]]],
         )
         top_k: int = _top_k(limits, "how many classes to return")
+        model: str | None = MODEL_FIELD
 
     class BatchRequest(BaseModel):
         drawings: list[drawing] = Field(
@@ -137,6 +153,7 @@ def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
             description="drawings, each a list of strokes as in /api/predict",
         )  # fmt: skip
         top_k: int = _top_k(limits, "how many classes to return per drawing")
+        model: str | None = MODEL_FIELD
 
     return PredictRequest, BatchRequest
 
@@ -159,6 +176,7 @@ RULES = {
     ("top_k", "greater_than_equal"): "must be between 1 and {top}",
     ("top_k", "less_than_equal"): "must be between 1 and {top}",
     ("body", "model_type"): "must be a JSON object, got {kind}",
+    ("model", "string_type"): "must be a model name (GET /api/models), got {kind}",
 }
 DRAWING_ROLES = ("drawing", "stroke", "values", "number")
 
@@ -311,6 +329,23 @@ class BatchResponse(BaseModel):
     results: list[PredictResponse]
 
 
+class ModelSummary(BaseModel):
+    name: str = Field(description="what requests call it (`model`)")
+    default: bool = Field(description="the model the server was started with (used when none is named)")
+    classes: int = Field(description="how many classes it knows")
+    shipped: bool = Field(description="a model that comes with the package")
+    description: str
+    loaded: bool = Field(description="already in memory (else its first use loads it)")
+    test: dict = Field(
+        description="its card's test figures: top1, top3, n_drawings, data; announce_threshold"
+    )
+
+
+class ModelsResponse(BaseModel):
+    default: str
+    models: list[ModelSummary]
+
+
 class ErrorResponse(BaseModel):
     error: dict = Field(description="field (JSON path), rule, message")
 
@@ -324,7 +359,7 @@ def _body_doc(model: type[BaseModel]) -> dict:
     }
 
 
-ERRORS = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 422)}
 
 
 def _result(p: Prediction, clf: Classifier, view: bool) -> dict:
@@ -339,20 +374,25 @@ def _result(p: Prediction, clf: Classifier, view: bool) -> dict:
 
 
 # --------------------------------------------------------------------------------------- app
-def create_app(checkpoint_path: str | Path, limits: Limits | None = None, backend: str = "auto") -> FastAPI:
-    """The app for one model (`.pt` checkpoint or exported `.onnx`)."""
+def create_app(
+    checkpoint_path: str | Path, limits: Limits | None = None, backend: str = "auto", shipped: bool = True
+) -> FastAPI:
+    """The app for a model (`.pt` checkpoint, exported `.onnx` or a shipped model's name), its default.
+
+    shipped: also offer every shipped model that is installed, by name (`"model"` in a request), each
+    loaded on its first use (server/models.py).
+    """
     limits = limits or Limits()
-    clf = Classifier.load(checkpoint_path, backend=backend)
+    models = ModelRegistry(checkpoint_path, backend, lambda clf: Batcher(clf, limits.batch_size), shipped)
+    clf = models.entry(None).classifier
     PredictRequest, BatchRequest = request_models(limits)
-    state: dict = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state["batcher"] = Batcher(clf, limits.batch_size)
         try:
             yield
         finally:
-            state.pop("batcher").close()
+            models.close()
 
     # FastAPIOffline: FastAPI whose /docs (Swagger UI 5) and /redoc load their JS and CSS from this
     # server instead of a CDN, so the docs also work on machines without internet.
@@ -360,12 +400,24 @@ def create_app(checkpoint_path: str | Path, limits: Limits | None = None, backen
         title="doodle-rnn",
         summary="Recognise Quick, Draw! doodles from pen strokes",
         description="POST raw strokes (x, y, t per point) and get the model's best guesses. The server "
-        "normalises and encodes exactly as training did; clients never preprocess.",
+        "normalises and encodes exactly as training did; clients never preprocess. It serves the model it "
+        "was started with and, by name, every shipped model (GET /api/models; `model` in a request).",
         version=clf.info["version"] or "0",
         lifespan=lifespan,
     )
     app.state.classifier = clf
+    app.state.models = models
     app.state.limits = limits
+
+    async def served(name: str | None) -> Entry:
+        """The model a request names, loaded (a first use loads it off the event loop)."""
+        try:
+            return models.ready(name) or await asyncio.to_thread(models.entry, name)
+        except UnknownModel as exc:
+            raise ApiError(404, "model", str(exc)) from None
+        except ValueError as exc:  # CheckpointError, InferenceError: a broken model file
+            log.exception("model %r could not be loaded", name)
+            raise ApiError(503, "model", f"{name!r} could not be loaded: {exc}") from None
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -380,28 +432,45 @@ def create_app(checkpoint_path: str | Path, limits: Limits | None = None, backen
     async def predict(request: Request) -> Response:
         """Classify one drawing; also returns the drawing as the model sees it."""
         req = _validated(PredictRequest, await _read_json(request, limits), limits)
-        (pred,) = await state["batcher"].submit([req.strokes], req.top_k)
-        return _json(_result(pred, clf, view=True))
+        entry = await served(req.model)
+        (pred,) = await entry.engine.submit([req.strokes], req.top_k)
+        return _json(_result(pred, entry.classifier, view=True))
 
     @app.post("/api/predict/batch", response_model=BatchResponse, responses=ERRORS,
               openapi_extra=_body_doc(BatchRequest))  # fmt: skip
     async def predict_batch(request: Request) -> Response:
         """Classify many drawings in one request (no model views)."""
         req = _validated(BatchRequest, await _read_json(request, limits), limits)
-        preds = await state["batcher"].submit(req.drawings, req.top_k)
-        return _json({"results": [_result(p, clf, view=False) for p in preds]})
+        entry = await served(req.model)
+        preds = await entry.engine.submit(req.drawings, req.top_k)
+        return _json({"results": [_result(p, entry.classifier, view=False) for p in preds]})
 
-    @app.get("/api/classes")
-    async def classes() -> dict:
-        """The classes the model knows, in its output order."""
-        return {"classes": clf.classes}
+    @app.get("/api/models", response_model=ModelsResponse)
+    async def list_models() -> Response:
+        """The models this server offers: the default (the one it was started with) first, then every
+        installed shipped model; each with its class count and its card's test figures. Any of them can
+        be named as `model` in a request; it is loaded on its first use."""
+        rows = await asyncio.to_thread(lambda: [models.summary(n) for n in models.names])
+        return _json({"default": models.default, "models": rows})
 
-    @app.get("/api/model")
-    async def model() -> dict:
-        """What the model is: name, classes, encoding, length rules, temperature, metrics, version, backend,
+    @app.get("/api/classes", responses={404: {"model": ErrorResponse}})
+    async def classes(model: str | None = MODEL_QUERY) -> dict:
+        """The classes a model knows, in its output order."""
+        try:
+            meta = models.metadata(model) if model is None or models.ready(model) else (
+                await asyncio.to_thread(models.metadata, model))  # fmt: skip
+        except UnknownModel as exc:
+            raise ApiError(404, "model", str(exc)) from None
+        return {"classes": meta["classes"]}
+
+    @app.get("/api/model", responses={404: {"model": ErrorResponse}})
+    async def model_info(model: str | None = MODEL_QUERY) -> dict:
+        """What a model is: name, classes, encoding, length rules, temperature, metrics, version, backend,
         and its card (test accuracy on real drawings, `announce_threshold` for "I know: it's a cow!")."""
-        info = clf.info
+        entry = await served(model)
+        info = entry.classifier.info
         info.pop("source", None)  # a server path is nobody's business
+        info["name"] = models.default if model is None else model  # the name requests use
         return {**info, "limits": asdict(limits)}
 
     @app.get("/healthz")
