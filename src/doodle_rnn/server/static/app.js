@@ -228,7 +228,7 @@
     try {
       body = JSON.parse(text);
     } catch (e) {
-      const start = text.replace(/\s+/g, " ").trim().slice(0, 80);
+      const start = text.replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim().slice(0, 80); // an HTML page's words
       throw new Error(`The server answered HTTP ${res.status} with a body that is not JSON` +
         (start ? ` ("${start}")` : " (empty)"));
     }
