@@ -104,6 +104,7 @@ def browser():
 @contextmanager
 def open_page(browser, url: str):
     ctx = browser.new_context(viewport={"width": 1100, "height": 760})
+    ctx.set_default_timeout(120_000)  # waits end on their condition; a starved machine (nice 19) is slow
     p = ctx.new_page()
     errors: list[str] = []
     p.on("pageerror", lambda e: errors.append(str(e)))
