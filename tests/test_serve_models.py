@@ -1,12 +1,17 @@
 """One server, several models: the one it was started with (the default) and the shipped ones, by name.
 
 Against real servers (uvicorn in a thread, and `doodle serve` in a subprocess) with a tiny checkpoint
-trained here and the shipped `animals10`.
+trained here and the shipped `animals10`; the page switches between them in a real Chromium.
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -14,6 +19,7 @@ import orjson
 import pytest
 from conftest import bundled_lines
 from test_inference import build_tiny_checkpoint
+from test_page import ARGS, CHROMIUM, open_page, replay, settle, shown
 from test_server import running_server
 
 from doodle_rnn.data.synthetic import SHAPES
@@ -134,3 +140,95 @@ def _installed(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# ------------------------------------------------------------------ `doodle serve` and the page
+@contextmanager
+def doodle_serve(ckpt: Path) -> Iterator[tuple[str, list[str]]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "doodle_rnn", "serve", "--checkpoint", str(ckpt), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        seen: list[str] = []
+        deadline = time.monotonic() + 300  # a starved machine (nice 19 beside training) takes minutes
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline().decode()
+            assert line or proc.poll() is None, "".join(seen)
+            seen.append(line)
+            m = re.search(r"running on (http://127\.0\.0\.1:\d+)", line, re.I)
+            if m:
+                yield m.group(1), seen
+                return
+        raise AssertionError("doodle serve did not start: " + "".join(seen))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs the system Chromium at /usr/bin/chromium")
+def test_the_page_switches_models_served_by_doodle_serve(tiny, animals):
+    from playwright.sync_api import sync_playwright
+
+    with doodle_serve(tiny) as (url, seen), sync_playwright() as pw:
+        assert any("also offered by name, loaded on first use: animals10" in x for x in seen), seen
+        listing = httpx.get(url + "/api/models", timeout=60).json()
+        assert listing["default"] == "tiny" and "animals10" in [m["name"] for m in listing["models"]]
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            with open_page(browser, url) as page:
+                _switch_in_the_page(page, url, animals)
+        finally:
+            browser.close()
+
+
+def _top(url: str, strokes: list, model: str) -> list:
+    r = httpx.post(url + "/api/predict", json={"strokes": strokes, "model": model}, timeout=120)
+    assert r.status_code == 200, r.text
+    return [(g["class"], pytest.approx(g["probability"], abs=1e-9)) for g in r.json()["top"]]
+
+
+def _switch_in_the_page(page, url: str, animals: Classifier) -> None:
+    select = page.locator("[data-testid=model-select]")
+    assert select.is_visible() and select.input_value() == "tiny"
+    options = select.locator("option").all_inner_texts()
+    top1 = animals.info["card"]["test"]["top1"]
+    assert options[:2] == ["tiny · 8 classes", f"animals10 · 10 classes · test top-1 {top1 * 100:.1f}%"]
+
+    replay(page, cow())
+    strokes = settle(page)
+    assert shown(page) == _top(url, strokes, "tiny") and {c for c, _ in shown(page)} <= set(SHAPES)
+    assert page.locator("[data-testid=model-info]").inner_text() == "Model: tiny"
+
+    # its first use loads the model on the server (seconds; minutes on a starved test machine): done here
+    # so that the page's wait is the switch itself
+    assert httpx.get(url + "/api/model?model=animals10", timeout=600).status_code == 200
+    select.select_option("animals10")  # the same drawing, asked of the other model
+    page.wait_for_function("window.doodle.model.name === 'animals10'", timeout=120_000)
+    assert settle(page) == strokes
+    assert shown(page) == _top(url, strokes, "animals10") and {c for c, _ in shown(page)} <= set(
+        animals.classes
+    )
+    assert page.evaluate("window.doodle.model.threshold") == animals.announce_threshold
+    assert (
+        page.locator("[data-testid=model-info]")
+        .inner_text()
+        .startswith(f"Model: animals10 · test top-1 {top1 * 100:.1f}%")
+    )
+
+    # the game draws its targets from the selected model's classes
+    page.click("[data-testid=mode-game]")
+    page.wait_for_function("window.doodle.game.active && window.doodle.game.attempts === 1", timeout=60_000)
+    targets = {page.evaluate("window.doodle.game.target")}
+    for n in range(2, 6):
+        page.click("[data-testid=game-skip]")
+        page.wait_for_function(f"window.doodle.game.attempts === {n}")
+        targets.add(page.evaluate("window.doodle.game.target"))
+    assert targets <= set(animals.classes) and len(targets) >= 2
+    select.select_option("tiny")  # switching in a game: a new round with the new model's classes
+    page.wait_for_function(
+        "window.doodle.model.name === 'tiny' && window.doodle.game.attempts === 6", timeout=120_000
+    )
+    assert page.evaluate("window.doodle.game.target") in SHAPES and page.evaluate("window.doodle.game.active")
+    assert page.evaluate("window.doodle.model.threshold") is None

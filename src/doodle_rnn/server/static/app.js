@@ -21,6 +21,7 @@
   const GAME_SECONDS = 20;
   const ROUND_PAUSE_MS = 3000; // time to read how the round went before the next one starts
   const REQUEST_TIMEOUT_MS = 10000; // a request not answered by then is given up (the next one goes)
+  const LOAD_TIMEOUT_MS = 60000; // a model's first use loads it on the server: allow for a large one
 
   const $ = (id) => document.getElementById(id);
   const canvas = $("canvas");
@@ -46,6 +47,8 @@
   let idleWaiters = [];
 
   // ---------------------------------------------------------------- the model and its announcement
+  // The model the page asks: null until GET /api/models answered (the server's default until then).
+  let modelName = null;
   const model = { name: "", threshold: null, card: {} };
   let drawingId = 0; // bumps whenever the drawing is emptied: answers for an older drawing never announce
   let announced = null; // {class, probability, strokes, points, seconds, drawing}: this drawing's call
@@ -172,6 +175,7 @@
     const sent = payloadStrokes();
     const sentVersion = version;
     const sentDrawing = drawingId;
+    const sentModel = modelName;
     if (!sent.length) {
       showGuesses(null, sentVersion);
       settleIdle();
@@ -184,8 +188,12 @@
       const body = await api("api/predict", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ strokes: sent, top_k: 3 }),
+        body: JSON.stringify({ strokes: sent, top_k: 3, ...(sentModel ? { model: sentModel } : {}) }),
       });
+      if (sentModel !== modelName) {
+        pending = true; // the answer of the model the player just left: ask the new one
+        return;
+      }
       lastSentStrokes = sent;
       lastResult = body;
       showGuesses(body, sentVersion);
@@ -207,19 +215,19 @@
   /**
    * GET or POST `path`, relative to the page (so it works under any path prefix), and return the JSON
    * answer. Throws an Error that says what went wrong, in words for the status line: no answer within
-   * REQUEST_TIMEOUT_MS, the server unreachable, an answer that is not JSON (a proxy's error page), or
+   * `timeoutMs`, the server unreachable, an answer that is not JSON (a proxy's error page), or
    * the API's own error (`refused`: true, the message is the API's).
    */
-  async function api(path, init = {}) {
+  async function api(path, init = {}, timeoutMs = REQUEST_TIMEOUT_MS) {
     const abort = new AbortController();
-    const timer = setTimeout(() => abort.abort(), REQUEST_TIMEOUT_MS);
+    const timer = setTimeout(() => abort.abort(), timeoutMs);
     let res, text;
     try {
       res = await fetch(path, { ...init, signal: abort.signal });
       text = await res.text();
     } catch (e) {
       throw new Error(abort.signal.aborted
-        ? `The server did not answer within ${REQUEST_TIMEOUT_MS / 1000} s`
+        ? `The server did not answer within ${timeoutMs / 1000} s`
         : `Could not reach the server (${e.message})`);
     } finally {
       clearTimeout(timer);
@@ -335,12 +343,72 @@
     return `${/^[aeiou]/i.test(name) ? "an" : "a"} ${name}`;
   }
 
+  /** The URL of an API path for the selected model (`?model=` once one is selected). */
+  function forModel(path) {
+    return modelName === null ? path : `${path}?model=${encodeURIComponent(modelName)}`;
+  }
+
+  /** The models the server offers, in the select: name, class count, the card's test top-1. */
+  async function loadModels() {
+    let list;
+    try {
+      list = await api("api/models", {}, LOAD_TIMEOUT_MS);
+    } catch (e) {
+      return; // an older server, or none: the page keeps to the default model
+    }
+    const select = $("model-select");
+    select.replaceChildren(...list.models.map((m) => {
+      const option = document.createElement("option");
+      option.value = m.name;
+      option.textContent = modelOption(m);
+      return option;
+    }));
+    modelName = modelName || list.default;
+    select.value = modelName;
+    select.parentElement.hidden = list.models.length < 2; // a choice of one is no choice
+  }
+
+  function modelOption(m) {
+    let text = `${m.name} · ${m.classes} classes`;
+    if (m.test && typeof m.test.top1 === "number") text += ` · test top-1 ${pct(m.test.top1)}`;
+    return text;
+  }
+
+  /**
+   * Switch to another model: its card (name, threshold) and classes, a new game round from its classes
+   * when a game is on, and the drawing so far asked again. What the other model announced is forgotten.
+   */
+  async function selectModel(name) {
+    modelName = name;
+    game.classes = [];
+    forgetAnnouncement();
+    model.threshold = null;
+    await loadModel();
+    if (modelName !== name) return; // switched again meanwhile
+    if (game.active) {
+      try {
+        await loadClasses();
+      } catch (e) {
+        showMode("free");
+        stopGame();
+        setStatus(`Could not go on with the game: ${e.message}.`, true);
+        return;
+      }
+      nextRound();
+    } else {
+      version++;
+      schedulePredict(true);
+    }
+  }
+  $("model-select").addEventListener("change", (ev) => selectModel(ev.target.value));
+
   async function loadModel() {
     let info;
     try {
-      info = await api("api/model");
+      info = await api(forModel("api/model"), {}, LOAD_TIMEOUT_MS);
     } catch (e) {
-      return; // the guesses report what is wrong with the server
+      if (modelName !== null) setStatus(`Could not load model ${modelName}: ${e.message}.`, true);
+      return; // without a model name, the guesses report what is wrong with the server
     }
     const card = info.card || {};
     const t = card.announce_threshold;
@@ -441,7 +509,7 @@
 
   async function loadClasses() {
     if (game.classes.length) return game.classes;
-    const classes = (await api("api/classes")).classes;
+    const classes = (await api(forModel("api/classes"), {}, LOAD_TIMEOUT_MS)).classes;
     if (!Array.isArray(classes) || !classes.length) throw new Error("The model has no classes to draw");
     game.classes = classes;
     return game.classes;
@@ -563,7 +631,8 @@
         rounds: game.rounds.map((r) => ({ ...r })),
       };
     },
-    /** The model: name, card, announce threshold (null: never announces); set once /api/model answered. */
+    /** The model: name, card, announce threshold (null: never announces); set once /api/model answered.
+     * Another model is chosen with the select (#model-select). */
     get model() {
       return { ...model };
     },
@@ -589,5 +658,5 @@
 
   window.addEventListener("resize", resizeCanvas);
   resizeCanvas();
-  window.doodle.modelLoaded = loadModel();
+  window.doodle.modelLoaded = loadModels().then(loadModel);
 })();
