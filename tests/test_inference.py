@@ -296,8 +296,9 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 def _doodle(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    # generous: each run imports torch, which takes minutes on a starved machine (nice 19 beside training)
     return subprocess.run(
-        [sys.executable, "-m", "doodle_rnn", *args], input=stdin, capture_output=True, timeout=120
+        [sys.executable, "-m", "doodle_rnn", *args], input=stdin, capture_output=True, timeout=600
     )
 
 
