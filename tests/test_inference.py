@@ -296,8 +296,9 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 def _doodle(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    # generous: each run imports torch, which takes minutes on a starved machine (nice 19 beside training)
     return subprocess.run(
-        [sys.executable, "-m", "doodle_rnn", *args], input=stdin, capture_output=True, timeout=120
+        [sys.executable, "-m", "doodle_rnn", *args], input=stdin, capture_output=True, timeout=600
     )
 
 
@@ -328,6 +329,46 @@ def test_cli_predict_file_and_stdin(clf, tiny_ckpt, tmp_path):
     assert r.returncode == 0, r.stderr.decode()
     lines = [json.loads(x) for x in r.stdout.decode().splitlines()]
     assert [x["key_id"] for x in lines] == ["k0", "k1", "k2"] and "word" not in lines[0]
+
+
+def test_cli_predict_many_files_and_stdin(clf, tiny_ckpt, tmp_path):
+    """Several inputs, '-' among them: one line per drawing in input order, one summary over all of them."""
+    drawings = list(generate(30, seed=12))
+    a, b, c = drawings[:10], drawings[10:20], drawings[20:]
+    (tmp_path / "a.ndjson").write_bytes(b"".join(orjson.dumps(d.to_ndjson_dict()) + b"\n" for d in a))
+    folder = tmp_path / "more"
+    folder.mkdir()
+    (folder / "c.ndjson").write_bytes(b"".join(orjson.dumps(d.to_ndjson_dict()) + b"\n" for d in c))
+    # stdin: records without words or key_ids, and one bad line, read by the same ndjson reader as files
+    stdin = b"".join(orjson.dumps({"drawing": d.strokes}) + b"\n" for d in b) + b'{"drawing": 3}\n'
+    r = _doodle("predict", "--checkpoint", str(tiny_ckpt), str(tmp_path / "a.ndjson"), "-", str(folder),
+                stdin=stdin)  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode()
+    lines = [json.loads(x) for x in r.stdout.decode().splitlines()]
+    assert len(lines) == 31 and lines[-1]["summary"] is True
+    expected = clf.predict_many([d.strokes for d in drawings], top_k=3)
+    for i, (rec, d, exp) in enumerate(zip(lines[:-1], drawings, expected, strict=True)):
+        assert [c for c, _ in rec["top"]] == [c for c, _ in exp]
+        if 10 <= i < 20:  # from stdin: no word, a key_id derived from the drawing itself
+            assert "word" not in rec and rec["key_id"].startswith("h") and rec["key_id"] != d.key_id
+        else:
+            assert rec["word"] == d.word and rec["key_id"] == d.key_id
+    worded = [(d, e) for i, (d, e) in enumerate(zip(drawings, expected, strict=True)) if not 10 <= i < 20]
+    assert lines[-1]["drawings"] == 20
+    assert lines[-1]["top1_accuracy"] == pytest.approx(
+        sum(e[0][0] == d.word for d, e in worded) / 20, abs=1e-6
+    )
+    assert "skipped 1 record(s) in <stdin> (drawing is not a list of strokes: 1)" in r.stderr.decode()
+    assert "<stdin>:11: drawing is not a list of strokes" in r.stderr.decode()
+
+    r = _doodle("predict", "--checkpoint", str(tiny_ckpt), "--strict", "-", stdin=b'{"drawing": []}\n')
+    assert r.returncode == 2 and b"<stdin>:1: empty drawing" in r.stderr
+    r = _doodle("predict", "--checkpoint", str(tiny_ckpt), "-", "-", stdin=b"")
+    assert r.returncode == 2 and b"only once" in r.stderr
+    r = _doodle(
+        "predict", "--checkpoint", str(tiny_ckpt), str(tmp_path / "a.ndjson"), str(tmp_path / "nope.csv")
+    )
+    assert r.returncode == 2 and b"nope.csv" in r.stderr and r.stdout == b""  # checked before any line
 
 
 def test_cli_predict_user_errors(tiny_ckpt, tmp_path):

@@ -9,6 +9,8 @@ model's threshold, before the drawing's last stroke, and win the game round.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,10 +19,11 @@ import httpx
 import orjson
 import pytest
 from conftest import bundled_lines
+from starlette.responses import HTMLResponse
 from test_inference import build_tiny_checkpoint
 from test_server import running_server
 
-from doodle_rnn.data.synthetic import generate
+from doodle_rnn.data.synthetic import SHAPES, generate
 from doodle_rnn.inference import Classifier
 from doodle_rnn.server.app import create_app
 
@@ -101,6 +104,7 @@ def browser():
 @contextmanager
 def open_page(browser, url: str):
     ctx = browser.new_context(viewport={"width": 1100, "height": 760})
+    ctx.set_default_timeout(120_000)  # waits end on their condition; a starved machine (nice 19) is slow
     p = ctx.new_page()
     errors: list[str] = []
     p.on("pageerror", lambda e: errors.append(str(e)))
@@ -354,3 +358,120 @@ def test_api_docs_render_offline(browser, base_url):
     finally:
         ctx.close()
     assert not errors, errors
+
+
+# ------------------------------------------------------------------ under a path prefix, and a server at fault
+class Faults:
+    """What the parent app does to the next request whose path ends with a key: `hang` (until released or
+    60 s) or an HTTP status answered with an HTML error page (a proxy's 502, say). Each fault acts once."""
+
+    def __init__(self):
+        self.next: dict[str, str | int] = {}
+        self.released = threading.Event()
+        self.seen: list[str] = []
+
+    def wrap(self, app):
+        async def asgi(scope, receive, send):
+            if scope["type"] == "http":
+                self.seen.append(scope["path"])
+                fault = next((self.next.pop(k) for k in list(self.next) if scope["path"].endswith(k)), None)
+                if fault == "hang":
+                    for _ in range(1200):  # an answer that never comes (until the test ends)
+                        if self.released.is_set():
+                            break
+                        await asyncio.sleep(0.05)
+                elif fault is not None:
+                    page = HTMLResponse(f"<html><body><h1>{fault} Bad Gateway</h1></body></html>", fault)
+                    return await page(scope, receive, send)
+            await app(scope, receive, send)
+
+        return asgi
+
+
+@pytest.fixture(scope="module")
+def prefixed(tiny) -> Iterator[tuple[str, Faults]]:
+    """Our app mounted at /doodle inside a parent app (as behind a proxy's path prefix), with faults."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    ours, faults = create_app(tiny), Faults()
+    parent = Starlette(routes=[Mount("/doodle", app=ours)], lifespan=ours.router.lifespan_context)
+    with running_server(faults.wrap(parent)) as url:
+        try:
+            yield url, faults
+        finally:
+            faults.released.set()
+
+
+@pytest.fixture
+def prefixed_page(browser, prefixed):
+    url, faults = prefixed
+    faults.next.clear()
+    with open_page(browser, url + "/doodle") as p:  # open_page adds the "/"
+        yield p, url + "/doodle", faults
+
+
+def test_the_page_works_under_a_path_prefix(browser, prefixed):
+    url, faults = prefixed
+    with open_page(browser, url + "/doodle") as page:  # at /doodle/
+        assert page.url == url + "/doodle/"
+        assert page.locator("[data-testid=model-info]").inner_text() == "Model: tiny"
+        faults.seen.clear()
+        shape = next(iter(generate(1, seed=5))).strokes
+        replay(page, shape)
+        strokes = settle(page)
+        assert shown(page) == [(c, pytest.approx(p, abs=1e-9)) for c, p in api_top(url + "/doodle", strokes)]
+        page.click("[data-testid=mode-game]")
+        page.wait_for_function("window.doodle.game.active && window.doodle.game.attempts === 1")
+        assert page.locator("[data-testid=game-target]").inner_text() in SHAPES
+        asked = [p for p in faults.seen if "/api/" in p]
+        assert asked and all(p.startswith("/doodle/api/") for p in asked), faults.seen
+        page.goto(url + "/doodle")  # without the trailing slash: redirected to /doodle/, and it works
+        page.evaluate("window.doodle.modelLoaded")
+        assert page.url == url + "/doodle/"
+        assert page.locator("[data-testid=model-info]").inner_text() == "Model: tiny"
+
+
+def test_a_hung_request_does_not_freeze_the_guesses(prefixed_page):
+    page, base, faults = prefixed_page
+    record_texts(page, "status")
+    shape = next(iter(generate(1, seed=7))).strokes
+    faults.next["/api/predict"] = "hang"
+    replay(page, shape[:1])  # its first request hangs; the page gives up on it and asks again
+    page.wait_for_function("!window.doodle.strokes.length || window.doodle.result !== null", timeout=60_000)
+    replay(page, shape)
+    strokes = settle(page)
+    assert "/api/predict" not in faults.next  # the hang did happen
+    assert "The server did not answer within 10 s." in shown_texts(page, "status")
+    assert page.evaluate("window.doodle.resultStrokes") == strokes
+    assert shown(page) == [(c, pytest.approx(p, abs=1e-9)) for c, p in api_top(base, strokes)]
+
+
+def test_an_error_page_that_is_not_json_is_reported_as_such(prefixed_page):
+    page, base, faults = prefixed_page
+    record_texts(page, "status")  # the next request's guesses replace the message: check what was shown
+    faults.next["/api/predict"] = 502
+    replay(page, next(iter(generate(1, seed=8))).strokes[:1])
+    said = 'The server answered HTTP 502 with a body that is not JSON ("502 Bad Gateway").'
+    page.wait_for_function("t => window.shownTexts.status.includes(t)", arg=said, timeout=60_000)
+    assert not any("reach" in t for t in shown_texts(page, "status"))
+    strokes = settle(page)  # and the page goes on: the next answer is shown
+    assert shown(page) == [(c, pytest.approx(p, abs=1e-9)) for c, p in api_top(base, strokes)]
+
+
+def test_a_failed_class_load_turns_game_mode_off(prefixed_page):
+    page, _, faults = prefixed_page
+    faults.next["/api/classes"] = 503
+    page.click("[data-testid=mode-game]")
+    page.wait_for_function("document.getElementById('status').classList.contains('error')", timeout=60_000)
+    assert page.locator("[data-testid=status]").inner_text() == (
+        'Could not start the game: The server answered HTTP 503 with a body that is not JSON ("503 Bad Gateway").'
+    )
+    assert page.evaluate("window.doodle.game") | {"rounds": None} == {
+        "mode": "free", "active": False, "target": None, "score": 0, "attempts": 0, "rounds": None}  # fmt: skip
+    assert not page.locator("[data-testid=game]").is_visible()
+    assert page.locator("[data-testid=mode-free]").get_attribute("aria-selected") == "true"
+    assert "active" not in page.locator("[data-testid=mode-game]").get_attribute("class")
+    page.click("[data-testid=mode-game]")  # the server is fine again: the game starts
+    page.wait_for_function("window.doodle.game.active && window.doodle.game.attempts === 1", timeout=60_000)
+    assert page.locator("[data-testid=game]").is_visible()

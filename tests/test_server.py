@@ -101,6 +101,29 @@ def test_model_card_is_served(ckpt, tmp_path):
     assert model["card"] == card and model["name"] == "animals-test"
 
 
+def test_the_docs_state_the_rules_the_server_checks(http):
+    """One home for the rules: the OpenAPI bodies are the models that validate, with this server's limits."""
+    spec = http.get("/openapi.json").json()
+    body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    strokes, top_k = body["properties"]["strokes"], body["properties"]["top_k"]
+    assert (strokes["minItems"], strokes["maxItems"]) == (1, LIMITS.max_strokes) and body["required"] == [
+        "strokes"
+    ]
+    assert (top_k["minimum"], top_k["maximum"], top_k["default"]) == (1, LIMITS.max_top_k, 3)
+    batch = spec["paths"]["/api/predict/batch"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
+    assert batch["properties"]["drawings"]["maxItems"] == LIMITS.max_batch
+    # ... and the server enforces exactly those numbers
+    stroke = [[1, 2], [3, 4]]
+    ok = http.post("/api/predict", json={"strokes": [stroke] * LIMITS.max_strokes, "top_k": LIMITS.max_top_k})
+    assert ok.status_code == 200 and len(ok.json()["top"]) == len(SHAPES)  # top_k above the class count
+    r = http.post("/api/predict", json={"strokes": [stroke], "top_k": LIMITS.max_top_k + 1})
+    assert r.status_code == 422 and r.json()["error"]["rule"] == f"must be between 1 and {LIMITS.max_top_k}"
+    r = http.post("/api/predict/batch", json={"drawings": [[stroke]] * LIMITS.max_batch})
+    assert r.status_code == 200 and len(r.json()["results"]) == LIMITS.max_batch
+
+
 def test_predict_raw_drawing_matches_the_library(http, clf):
     for rec in raw_drawings(2, ("cat", "bicycle")):
         strokes = rec["drawing"]

@@ -1,15 +1,16 @@
-"""`doodle predict`: classify every drawing of a file (or stdin) and print one JSON line each."""
+"""`doodle predict`: classify every drawing of some files (or stdin) and print one JSON line each."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "classify drawings from an ndjson/csv/npz file or stdin; one JSON line per drawing"
+HELP = "classify drawings from ndjson/csv/npz files or stdin; one JSON line per drawing"
 DESCRIPTION = (
-    "Classify every drawing of FILE (any supported format; '-' reads ndjson lines from stdin) with a "
-    "checkpoint or exported ONNX model. Prints one JSON line per drawing: key_id, the true word when the "
-    "file has one, and top: [[class, probability], ...]. When true words are present, a closing line "
-    "gives top-1 and top-3 accuracy over the drawings whose word is one of the model's classes."
+    "Classify every drawing of each FILE in turn (any supported format, or a folder of them; '-' reads "
+    "ndjson lines from stdin) with a checkpoint or exported ONNX model. Prints one JSON line per drawing: "
+    "key_id, the true word when the file has one, and top: [[class, probability], ...]. When true words "
+    "are present, a closing line gives top-1 and top-3 accuracy over all the drawings whose word is one "
+    "of the model's classes."
 )
 BATCH = 512  # drawings classified at once: bounded memory for any file size
 
@@ -21,7 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="model: a shipped model's name (animals10), a .pt checkpoint or a .onnx file from `doodle export`",
     )
     p.add_argument(
-        "file", metavar="FILE", help="drawings (.ndjson[.gz], .csv, .npz), or '-' for ndjson on stdin"
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="drawings (.ndjson[.gz], .csv, .npz, or a folder of them), or '-' for ndjson on stdin",
     )
     p.add_argument("--top-k", type=int, default=3, help="how many classes to print per drawing")
     p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
@@ -37,33 +41,25 @@ def run(args: argparse.Namespace) -> int:
     import orjson
 
     from doodle_rnn.cli import UserError
-    from doodle_rnn.data.formats import DataFormatError, SkipReport, iter_drawings
+    from doodle_rnn.data.formats import DataFormatError, SkipReport
     from doodle_rnn.inference import Classifier
 
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, not {args.top_k}")
+    if args.files.count("-") > 1:
+        raise UserError("'-' (stdin) can be given only once")
     try:
         clf = Classifier.load(args.checkpoint, backend=args.backend)
-    except ValueError as exc:  # CheckpointError, InferenceError
+        sources = _sources(args.files)  # every file is checked before the first line is printed
+    except (DataFormatError, ValueError) as exc:  # DataFormatError, CheckpointError, InferenceError
         raise UserError(str(exc)) from exc
     report = SkipReport()
+    known = set(clf.classes)
+    hits1 = hits3 = scored = 0
+    out = sys.stdout.buffer
     try:
-        drawings = (
-            _stdin_drawings(args.strict, report)
-            if args.file == "-"
-            else iter_drawings(args.file, strict=args.strict, report=report)
-        )
-        known = set(clf.classes)
-        hits1 = hits3 = scored = 0
-        out = sys.stdout.buffer
-        batch = []
-        for d in _chained(drawings):
-            batch.append(d)
-            if len(batch) < BATCH and d is not None:
-                continue
-            items = [x for x in batch if x is not None]
-            batch = []
-            tops = clf.predict_many([x.strokes for x in items], max(args.top_k, 3)) if items else []
+        for items in _batches(_drawings(sources, args.strict, report)):
+            tops = clf.predict_many([x.strokes for x in items], max(args.top_k, 3))
             for item, top in zip(items, tops, strict=True):
                 rec: dict = {"key_id": item.key_id}
                 if item.word:
@@ -87,38 +83,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chained(it):
-    """The drawings, then a None that flushes the last batch."""
-    yield from it
-    yield None
+def _sources(files: list[str]) -> list:
+    """The inputs in order: '-' as is, folders expanded into their data files."""
+    from doodle_rnn.data.formats import list_data_files
+
+    return [x for f in files for x in (["-"] if f == "-" else list_data_files([f]))]
 
 
-def _stdin_drawings(strict: bool, report):
-    """ndjson records from stdin, with the same checks and skip reporting as files."""
+def _drawings(sources: list, strict: bool, report):
+    """Every drawing of every source in turn; stdin goes through the same ndjson reader as files."""
     import sys
 
-    import orjson
+    from doodle_rnn.data.formats import iter_drawings, iter_ndjson_lines
 
-    from doodle_rnn.data.drawing import Drawing
-    from doodle_rnn.data.formats import DataFormatError, content_key, validate_strokes
-
-    for lineno, raw in enumerate(sys.stdin.buffer, 1):
-        if not raw.strip():
-            continue
-        try:
-            rec = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            rec, why = None, "malformed JSON line"
+    for src in sources:
+        if src == "-":
+            yield from iter_ndjson_lines(sys.stdin.buffer, "<stdin>", strict=strict, report=report)
         else:
-            why = validate_strokes(rec.get("drawing")) if isinstance(rec, dict) else "no 'drawing' field"
-        if why:
-            if strict:
-                raise DataFormatError(f"<stdin>:{lineno}: {why} (run without --strict to skip such records)")
-            report.add("<stdin>", lineno, why)
-            continue
-        key = rec.get("key_id")
-        yield Drawing(
-            word=str(rec.get("word", "") or ""),
-            key_id=str(key) if key not in (None, "") else content_key(orjson.dumps(rec["drawing"])),
-            strokes=rec["drawing"],
-        )
+            yield from iter_drawings(src, strict=strict, report=report)
+
+
+def _batches(drawings):
+    """The drawings in lists of at most BATCH (bounded memory for any input size)."""
+    batch = []
+    for d in drawings:
+        batch.append(d)
+        if len(batch) == BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -7,8 +7,9 @@ import argparse
 HELP = "serve the prediction API and the drawing page (FastAPI + uvicorn)"
 DESCRIPTION = (
     "Serve a model over HTTP: POST /api/predict and /api/predict/batch, GET /api/classes, /api/model, "
-    "/healthz, OpenAPI docs at /docs, and the drawing page at /. The model is a .pt checkpoint or a .onnx "
-    "file from `doodle export`; either runs on ONNX Runtime unless --backend torch."
+    "/api/models, /healthz, OpenAPI docs at /docs, and the drawing page at /. The model is a .pt checkpoint "
+    "or a .onnx file from `doodle export`; either runs on ONNX Runtime unless --backend torch. It is the "
+    "default; every installed shipped model is offered too, by name (loaded on its first use)."
 )
 
 
@@ -104,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         info = app.state.classifier.info
         print(f"model: {Path(args.checkpoint).resolve()} ({plural(len(info['classes']), 'class', 'classes')}, "
               f"encoding {info['encoding']}, backend {info['backend']})", flush=True)  # fmt: skip
+        others = app.state.models.names[1:]
+        if others:
+            print(f"also offered by name, loaded on first use: {', '.join(others)}", flush=True)
         uvicorn.run(app, **common)
         return 0
     print(f"model: {Path(args.checkpoint).resolve()} (loaded by each of {args.workers} workers)", flush=True)

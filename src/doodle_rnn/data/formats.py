@@ -170,29 +170,38 @@ def content_key(strokes_json: bytes | str) -> str:
 
 
 def iter_ndjson(path: Path, strict: bool = False, report: SkipReport | None = None) -> Iterator[Drawing]:
-    name = str(path)
-    word_default = path.name.split(".")[0]
     with _open_binary_lines(path) as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                rec = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                _bad(report, strict, name, lineno, "malformed JSON line")
-                continue
-            if not isinstance(rec, dict) or "drawing" not in rec:
-                _bad(report, strict, name, lineno, "no 'drawing' field")
-                continue
-            strokes = rec["drawing"]
-            why = validate_strokes(strokes)
-            if why:
-                _bad(report, strict, name, lineno, why)
-                continue
-            d = _record_to_drawing(rec, strokes, word_default)
-            if not d.key_id:
-                d.key_id = content_key(orjson.dumps(strokes))
-            yield d
+        yield from iter_ndjson_lines(fh, str(path), path.name.split(".")[0], strict, report)
+
+
+def iter_ndjson_lines(
+    lines: Iterable[bytes],
+    name: str = "<stdin>",
+    word_default: str = "",
+    strict: bool = False,
+    report: SkipReport | None = None,
+) -> Iterator[Drawing]:
+    """The drawings of ndjson lines from any binary stream (a file, or `sys.stdin.buffer` named `<stdin>`)."""
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            _bad(report, strict, name, lineno, "malformed JSON line")
+            continue
+        if not isinstance(rec, dict) or "drawing" not in rec:
+            _bad(report, strict, name, lineno, "no 'drawing' field")
+            continue
+        strokes = rec["drawing"]
+        why = validate_strokes(strokes)
+        if why:
+            _bad(report, strict, name, lineno, why)
+            continue
+        d = _record_to_drawing(rec, strokes, word_default)
+        if not d.key_id:
+            d.key_id = content_key(orjson.dumps(strokes))
+        yield d
 
 
 def _stroke3_to_strokes(arr: np.ndarray) -> list[list[list[float]]]:

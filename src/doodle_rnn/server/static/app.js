@@ -20,6 +20,8 @@
   const THROTTLE_MS = 250; // at most one guess request this often while a stroke is being drawn
   const GAME_SECONDS = 20;
   const ROUND_PAUSE_MS = 3000; // time to read how the round went before the next one starts
+  const REQUEST_TIMEOUT_MS = 10000; // a request not answered by then is given up (the next one goes)
+  const LOAD_TIMEOUT_MS = 60000; // a model's first use loads it on the server: allow for a large one
 
   const $ = (id) => document.getElementById(id);
   const canvas = $("canvas");
@@ -45,6 +47,8 @@
   let idleWaiters = [];
 
   // ---------------------------------------------------------------- the model and its announcement
+  // The model the page asks: null until GET /api/models answered (the server's default until then).
+  let modelName = null;
   const model = { name: "", threshold: null, card: {} };
   let drawingId = 0; // bumps whenever the drawing is emptied: answers for an older drawing never announce
   let announced = null; // {class, probability, strokes, points, seconds, drawing}: this drawing's call
@@ -171,6 +175,7 @@
     const sent = payloadStrokes();
     const sentVersion = version;
     const sentDrawing = drawingId;
+    const sentModel = modelName;
     if (!sent.length) {
       showGuesses(null, sentVersion);
       settleIdle();
@@ -180,25 +185,22 @@
     pending = false;
     lastSent = performance.now();
     try {
-      const res = await fetch("/api/predict", {
+      const body = await api("api/predict", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ strokes: sent, top_k: 3 }),
+        body: JSON.stringify({ strokes: sent, top_k: 3, ...(sentModel ? { model: sentModel } : {}) }),
       });
-      const body = await res.json();
-      if (!res.ok) {
-        const err = body && body.error ? body.error.message : `HTTP ${res.status}`;
-        shownVersion = sentVersion;
-        setStatus(`The server refused the drawing: ${err}`, true);
-      } else {
-        lastSentStrokes = sent;
-        lastResult = body;
-        showGuesses(body, sentVersion);
-        if (sentDrawing === drawingId) judge(body, sent);
+      if (sentModel !== modelName) {
+        pending = true; // the answer of the model the player just left: ask the new one
+        return;
       }
+      lastSentStrokes = sent;
+      lastResult = body;
+      showGuesses(body, sentVersion);
+      if (sentDrawing === drawingId) judge(body, sent);
     } catch (e) {
       shownVersion = sentVersion;
-      setStatus(`Could not reach the server (${e.message}).`, true);
+      setStatus(e.refused ? `The server refused the drawing: ${e.message}` : `${e.message}.`, true);
     } finally {
       inflight = false;
       if (pending) {
@@ -208,6 +210,42 @@
         settleIdle();
       }
     }
+  }
+
+  /**
+   * GET or POST `path`, relative to the page (so it works under any path prefix), and return the JSON
+   * answer. Throws an Error that says what went wrong, in words for the status line: no answer within
+   * `timeoutMs`, the server unreachable, an answer that is not JSON (a proxy's error page), or
+   * the API's own error (`refused`: true, the message is the API's).
+   */
+  async function api(path, init = {}, timeoutMs = REQUEST_TIMEOUT_MS) {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), timeoutMs);
+    let res, text;
+    try {
+      res = await fetch(path, { ...init, signal: abort.signal });
+      text = await res.text();
+    } catch (e) {
+      throw new Error(abort.signal.aborted
+        ? `The server did not answer within ${timeoutMs / 1000} s`
+        : `Could not reach the server (${e.message})`);
+    } finally {
+      clearTimeout(timer);
+    }
+    let body;
+    try {
+      body = JSON.parse(text);
+    } catch (e) {
+      const start = text.replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim().slice(0, 80); // an HTML page's words
+      throw new Error(`The server answered HTTP ${res.status} with a body that is not JSON` +
+        (start ? ` ("${start}")` : " (empty)"));
+    }
+    if (!res.ok) {
+      const err = new Error(body && body.error ? body.error.message : `HTTP ${res.status}`);
+      err.refused = true;
+      throw err;
+    }
+    return body;
   }
 
   function setStatus(text, isError) {
@@ -305,14 +343,72 @@
     return `${/^[aeiou]/i.test(name) ? "an" : "a"} ${name}`;
   }
 
+  /** The URL of an API path for the selected model (`?model=` once one is selected). */
+  function forModel(path) {
+    return modelName === null ? path : `${path}?model=${encodeURIComponent(modelName)}`;
+  }
+
+  /** The models the server offers, in the select: name, class count, the card's test top-1. */
+  async function loadModels() {
+    let list;
+    try {
+      list = await api("api/models", {}, LOAD_TIMEOUT_MS);
+    } catch (e) {
+      return; // an older server, or none: the page keeps to the default model
+    }
+    const select = $("model-select");
+    select.replaceChildren(...list.models.map((m) => {
+      const option = document.createElement("option");
+      option.value = m.name;
+      option.textContent = modelOption(m);
+      return option;
+    }));
+    modelName = modelName || list.default;
+    select.value = modelName;
+    select.parentElement.hidden = list.models.length < 2; // a choice of one is no choice
+  }
+
+  function modelOption(m) {
+    let text = `${m.name} · ${m.classes} classes`;
+    if (m.test && typeof m.test.top1 === "number") text += ` · test top-1 ${pct(m.test.top1)}`;
+    return text;
+  }
+
+  /**
+   * Switch to another model: its card (name, threshold) and classes, a new game round from its classes
+   * when a game is on, and the drawing so far asked again. What the other model announced is forgotten.
+   */
+  async function selectModel(name) {
+    modelName = name;
+    game.classes = [];
+    forgetAnnouncement();
+    model.threshold = null;
+    await loadModel();
+    if (modelName !== name) return; // switched again meanwhile
+    if (game.active) {
+      try {
+        await loadClasses();
+      } catch (e) {
+        showMode("free");
+        stopGame();
+        setStatus(`Could not go on with the game: ${e.message}.`, true);
+        return;
+      }
+      nextRound();
+    } else {
+      version++;
+      schedulePredict(true);
+    }
+  }
+  $("model-select").addEventListener("change", (ev) => selectModel(ev.target.value));
+
   async function loadModel() {
     let info;
     try {
-      const res = await fetch("/api/model");
-      if (!res.ok) return;
-      info = await res.json();
+      info = await api(forModel("api/model"), {}, LOAD_TIMEOUT_MS);
     } catch (e) {
-      return; // the guesses report an unreachable server
+      if (modelName !== null) setStatus(`Could not load model ${modelName}: ${e.message}.`, true);
+      return; // without a model name, the guesses report what is wrong with the server
     }
     const card = info.card || {};
     const t = card.announce_threshold;
@@ -413,13 +509,23 @@
 
   async function loadClasses() {
     if (game.classes.length) return game.classes;
-    const res = await fetch("/api/classes");
-    game.classes = (await res.json()).classes;
+    const classes = (await api(forModel("api/classes"), {}, LOAD_TIMEOUT_MS)).classes;
+    if (!Array.isArray(classes) || !classes.length) throw new Error("The model has no classes to draw");
+    game.classes = classes;
     return game.classes;
   }
 
+  /** Game mode on, once the classes to draw are known; if they cannot be loaded, back to free drawing. */
   async function startGame() {
-    await loadClasses();
+    try {
+      await loadClasses();
+    } catch (e) {
+      if (mode !== "game") return; // the player left game mode meanwhile
+      showMode("free");
+      setStatus(`Could not start the game: ${e.refused ? `the server said ${e.message}` : e.message}.`, true);
+      return;
+    }
+    if (mode !== "game") return; // the player left game mode meanwhile
     game.active = true;
     game.score = 0;
     game.attempts = 0;
@@ -485,13 +591,21 @@
       : "–";
   }
 
-  function setMode(mode) {
-    const isGame = mode === "game";
+  let mode = "free";
+
+  /** The mode tabs show `m`; nothing else changes. */
+  function showMode(m) {
+    mode = m;
+    const isGame = m === "game";
     $("mode-free").classList.toggle("active", !isGame);
     $("mode-game").classList.toggle("active", isGame);
     $("mode-free").setAttribute("aria-selected", String(!isGame));
     $("mode-game").setAttribute("aria-selected", String(isGame));
-    if (isGame) startGame();
+  }
+
+  function setMode(m) {
+    showMode(m);
+    if (m === "game") startGame();
     else stopGame();
   }
   $("mode-free").addEventListener("click", () => setMode("free"));
@@ -513,11 +627,12 @@
     },
     get game() {
       return {
-        active: game.active, target: game.target, score: game.score, attempts: game.attempts,
+        mode, active: game.active, target: game.target, score: game.score, attempts: game.attempts,
         rounds: game.rounds.map((r) => ({ ...r })),
       };
     },
-    /** The model: name, card, announce threshold (null: never announces); set once /api/model answered. */
+    /** The model: name, card, announce threshold (null: never announces); set once /api/model answered.
+     * Another model is chosen with the select (#model-select). */
     get model() {
       return { ...model };
     },
@@ -543,5 +658,5 @@
 
   window.addEventListener("resize", resizeCanvas);
   resizeCanvas();
-  window.doodle.modelLoaded = loadModel();
+  window.doodle.modelLoaded = loadModels().then(loadModel);
 })();
