@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from doodle_rnn.train import cpu_has_fast_bf16
+
 
 def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
@@ -52,14 +54,6 @@ def cpu_steal(since: tuple[int, int] | None = None):
     return round((now[1] - since[1]) / total, 4) if total else 0.0
 
 
-def fast_bf16_cpu() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def machine_facts(device: str = "cpu") -> dict:
     """CPUs, load, torch threads, CPU capability, and the fp32 and bf16 product peaks of this run."""
     dev = torch.device(device)
@@ -69,7 +63,7 @@ def machine_facts(device: str = "cpu") -> dict:
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "fast_bf16_cpu": fast_bf16_cpu(),
+        "fast_bf16_cpu": cpu_has_fast_bf16(),
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
     }

@@ -194,14 +194,24 @@ def iter_ndjson_lines(
             _bad(report, strict, name, lineno, "no 'drawing' field")
             continue
         strokes = rec["drawing"]
-        why = validate_strokes(strokes)
-        if why:
-            _bad(report, strict, name, lineno, why)
-            continue
-        d = _record_to_drawing(rec, strokes, word_default)
-        if not d.key_id:
-            d.key_id = content_key(orjson.dumps(strokes))
-        yield d
+        d = _checked_drawing(rec, strokes, word_default, (report, strict, name, lineno))
+        if d is not None:
+            yield d
+
+
+def _checked_drawing(rec, strokes, word_default: str, where: tuple, key_text: str | bytes | None = None):
+    """A record's Drawing, or None (counted, or raised under strict) when its strokes break a rule.
+
+    where: (report, strict, file name, line number); a record without a key_id gets one from its
+    strokes' text (`key_text`, else the strokes re-serialised), so identical drawings share it."""
+    why = validate_strokes(strokes)
+    if why:
+        _bad(*where, why)
+        return None
+    d = _record_to_drawing(rec, strokes, word_default)
+    if not d.key_id:
+        d.key_id = content_key(key_text if key_text is not None else orjson.dumps(strokes))
+    return d
 
 
 def _stroke3_to_strokes(arr: np.ndarray) -> list[list[list[float]]]:
@@ -255,14 +265,9 @@ def iter_csv(path: Path, strict: bool = False, report: SkipReport | None = None)
             except orjson.JSONDecodeError:
                 _bad(report, strict, name, lineno, "malformed drawing JSON")
                 continue
-            why = validate_strokes(strokes)
-            if why:
-                _bad(report, strict, name, lineno, why)
-                continue
-            d = _record_to_drawing(row, strokes, word_default)
-            if not d.key_id:
-                d.key_id = content_key(text)
-            yield d
+            d = _checked_drawing(row, strokes, word_default, (report, strict, name, lineno), key_text=text)
+            if d is not None:
+                yield d
 
 
 def detect_format(path: Path) -> str:
