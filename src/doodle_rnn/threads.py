@@ -11,6 +11,8 @@ on one thread; big ones (where extra threads can pay off on an idle machine) kee
 
 from __future__ import annotations
 
+from doodle_rnn.errors import DoodleError
+
 SMALL_JOB_DRAWINGS = 50_000  # at most this many drawings: one thread
 
 
@@ -19,7 +21,7 @@ def use_threads(requested: int | None, drawings: int) -> int:
     import torch
 
     if requested is not None and requested < 1:
-        raise ValueError(f"--num-threads must be at least 1, not {requested}")
+        raise DoodleError(f"--num-threads must be at least 1, not {requested}")
     n = requested or (1 if drawings <= SMALL_JOB_DRAWINGS else torch.get_num_threads())
     torch.set_num_threads(n)
     return n

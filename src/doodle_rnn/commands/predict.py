@@ -41,38 +41,33 @@ def run(args: argparse.Namespace) -> int:
     import orjson
 
     from doodle_rnn.cli import UserError
-    from doodle_rnn.data.formats import DataFormatError, SkipReport
+    from doodle_rnn.data.formats import SkipReport
     from doodle_rnn.inference import Classifier
 
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, not {args.top_k}")
     if args.files.count("-") > 1:
         raise UserError("'-' (stdin) can be given only once")
-    try:
-        clf = Classifier.load(args.checkpoint, backend=args.backend)
-        sources = _sources(args.files)  # every file is checked before the first line is printed
-    except (DataFormatError, ValueError) as exc:  # DataFormatError, CheckpointError, InferenceError
-        raise UserError(str(exc)) from exc
+    # library errors (bad checkpoint, unreadable file) are DoodleErrors: cli.py prints them
+    clf = Classifier.load(args.checkpoint, backend=args.backend)
+    sources = _sources(args.files)  # every file is checked before the first line is printed
     report = SkipReport()
     known = set(clf.classes)
     hits1 = hits3 = scored = 0
     out = sys.stdout.buffer
-    try:
-        for items in _batches(_drawings(sources, args.strict, report)):
-            tops = clf.predict_many([x.strokes for x in items], max(args.top_k, 3))
-            for item, top in zip(items, tops, strict=True):
-                rec: dict = {"key_id": item.key_id}
-                if item.word:
-                    rec["word"] = item.word
-                rec["top"] = [[c, round(p, 6)] for c, p in top[: args.top_k]]
-                out.write(orjson.dumps(rec) + b"\n")
-                if item.word and item.word in known:
-                    scored += 1
-                    names = [c for c, _ in top]
-                    hits1 += bool(names[:1] == [item.word])
-                    hits3 += item.word in names[:3]
-    except DataFormatError as exc:
-        raise UserError(str(exc)) from exc
+    for items in _batches(_drawings(sources, args.strict, report)):
+        tops = clf.predict_many([x.strokes for x in items], max(args.top_k, 3))
+        for item, top in zip(items, tops, strict=True):
+            rec: dict = {"key_id": item.key_id}
+            if item.word:
+                rec["word"] = item.word
+            rec["top"] = [[c, round(p, 6)] for c, p in top[: args.top_k]]
+            out.write(orjson.dumps(rec) + b"\n")
+            if item.word and item.word in known:
+                scored += 1
+                names = [c for c, _ in top]
+                hits1 += bool(names[:1] == [item.word])
+                hits3 += item.word in names[:3]
     if scored:
         summary = {"summary": True, "drawings": scored, "top1_accuracy": round(hits1 / scored, 6),
                    "top3_accuracy": round(hits3 / scored, 6)}  # fmt: skip
