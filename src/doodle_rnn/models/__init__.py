@@ -1,6 +1,6 @@
 """Shipped models: trained checkpoints that come with the package, chosen by name.
 
-`--checkpoint animals10` (and `Classifier.load()` with no path) resolve here, so a fresh install
+`--checkpoint animals10` / `--checkpoint quickdraw` (and `Classifier.load()` with no path) resolve here, so a fresh install
 predicts, serves and evaluates offline with a real model. A name is looked up only when no file or
 folder of that name exists, so a user's own `animals10` file is never shadowed. Model cards:
 docs/models.md. torch-free (the command layer resolves names before importing torch).
@@ -18,6 +18,10 @@ SHIPPED: dict[str, tuple[str, str]] = {
     "animals10": (
         "animals10.pt",
         "10 animals, bidirectional GRU with a conv front end, trained on 39,101 real drawings",
+    ),
+    "quickdraw": (
+        "quickdraw.pt",
+        "338 Quick, Draw! classes, bidirectional GRU with a conv front end, trained on 269,065 real drawings",
     ),
 }
 DEFAULT_MODEL = "animals10"
