@@ -24,8 +24,9 @@ from test_server import running_server
 
 from doodle_rnn.data.synthetic import SHAPES
 from doodle_rnn.inference import Classifier
-from doodle_rnn.models import SHIPPED, shipped_path
+from doodle_rnn.models import SHIPPED
 from doodle_rnn.server.app import create_app
+from doodle_rnn.server.models import shipped_on_disk
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def cow() -> list:
 
 
 def test_models_are_listed_default_first_and_load_on_first_use(url, animals):
-    installed = [n for n in SHIPPED if _installed(n)]  # quickdraw is listed once its file ships
+    installed = list(shipped_on_disk())  # every shipped model whose file is present, in SHIPPED's order
     listing = httpx.get(url + "/api/models", timeout=60).json()
     assert listing["default"] == "tiny"
     assert [m["name"] for m in listing["models"]] == ["tiny", *installed]
@@ -132,14 +133,6 @@ def test_a_shipped_model_started_by_name_is_offered_once(tiny):
     assert app.state.models.default == "animals10"
     alone = create_app(tiny, shipped=False)
     assert alone.state.models.names == ["tiny"]
-
-
-def _installed(name: str) -> bool:
-    try:
-        shipped_path(name)
-    except ValueError:
-        return False
-    return True
 
 
 # ------------------------------------------------------------------ `doodle serve` and the page
