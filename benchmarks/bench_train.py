@@ -33,8 +33,9 @@ from machine_facts import cpu_steal, machine_facts, sync_device
 
 from doodle_rnn.data.cache import DoodleCache, PrepareConfig, prepare_cache
 from doodle_rnn.data.formats import iter_drawings
+from doodle_rnn.devices import cpu_has_fast_bf16
 from doodle_rnn.model import GRUClassifier
-from doodle_rnn.train import cpu_has_fast_bf16, evaluate
+from doodle_rnn.train import evaluate
 
 ANIMALS = (
     "butterfly",

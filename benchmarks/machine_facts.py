@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from doodle_rnn.train import cpu_has_fast_bf16
+from doodle_rnn.devices import cpu_bf16_speedup, cpu_has_fast_bf16
 
 
 def sync_device(device: torch.device) -> None:
@@ -63,7 +63,8 @@ def machine_facts(device: str = "cpu") -> dict:
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "fast_bf16_cpu": cpu_has_fast_bf16(),
+        "fast_bf16_cpu": cpu_has_fast_bf16() if dev.type == "cpu" else None,
+        "bf16_speedup_at_gru_shapes": round(cpu_bf16_speedup(), 2) if dev.type == "cpu" else None,
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from doodle_rnn.data.batches import shard_batches
 from doodle_rnn.data.cache import DoodleCache, PrepareConfig, prepare_cache
 from doodle_rnn.data.encode import DEFAULT_ENCODING
 from doodle_rnn.data.synthetic import write_ndjson_per_class
+from doodle_rnn.devices import BF16_MIN_SPEEDUP, cpu_has_bf16_isa
 from doodle_rnn.lr_find import suggest
 from doodle_rnn.tensors import augment_features, pad_features
 from doodle_rnn.train import TrainConfig, train
@@ -228,3 +230,22 @@ def test_lr_find_writes_plots_and_suggests_a_rate(small_cache, tmp_path):
     assert len(res["grad_norm"]) == len(lrs) == res["iterations"] <= 60
     for name in ("lr_find.png", "grad_norm.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cpu_products_follow_the_measured_bf16_speedup(small_cache, tmp_path):
+    """The log says which products the GRU uses and why; bf16 only where it measured >= 1.25x fp32."""
+    r = _cli("train", "--data", str(small_cache), "--out", str(tmp_path / "run"), "--epochs", "1", "--max-steps", "2",
+             "--hidden-size", "16", "--batch-size", "32", "--num-threads", "1", "--device", "cpu")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("GRU products: "))
+    m = re.fullmatch(
+        r"GRU products: (bf16|fp32) \(bf16 (?:measured ([0-9.]+)x fp32 here|unavailable: .*)\)", line
+    )
+    assert m, line
+    if m[2] is None:
+        assert m[1] == "fp32" and not cpu_has_bf16_isa()
+    else:
+        assert cpu_has_bf16_isa() and (m[1] == "bf16") == (float(m[2]) >= BF16_MIN_SPEEDUP)
+    r = _cli("train", "--data", str(small_cache), "--out", str(tmp_path / "run2"), "--epochs", "1", "--max-steps", "2",
+             "--hidden-size", "16", "--batch-size", "32", "--num-threads", "1", "--device", "cpu", "--no-amp")  # fmt: skip
+    assert r.returncode == 0 and "GRU products: fp32 (--no-amp)" in r.stdout.splitlines()

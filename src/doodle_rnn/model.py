@@ -361,7 +361,7 @@ def gru_final_states(
     """The final states of `gru`'s last layer (all directions) for padded `x`, via `_GRUScan`.
 
     Equal to running `gru` over the packed sequence; padding past a drawing's length is never read.
-    `mm_dtype=torch.bfloat16` runs the matrix products in bf16 (about 4x the fp32 rate on CPUs with
+    `mm_dtype=torch.bfloat16` runs the matrix products in bf16 (up to ~2x the fp32 rate on CPUs with
     AVX512-BF16/AMX) while hidden states, gates and gradients stay fp32.
     """
     bsz = x.shape[0]

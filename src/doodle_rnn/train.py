@@ -36,7 +36,7 @@ from doodle_rnn.data.batches import bucket_batches, shard_batches
 from doodle_rnn.data.cache import DoodleCache
 from doodle_rnn.data.encode import ENCODING_VERSION
 from doodle_rnn.data.prefixes import random_prefixes
-from doodle_rnn.devices import pick_device
+from doodle_rnn.devices import cpu_bf16_speedup, cpu_has_fast_bf16, pick_device
 from doodle_rnn.memory import keep_freed_memory
 from doodle_rnn.model import GRUClassifier, ModelConfig
 from doodle_rnn.tensors import augment_features, pad_features
@@ -207,13 +207,13 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True on x86 CPUs with AVX512-BF16 or AMX, where bf16 matrix products run ~4x the fp32 rate."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def _cpu_products_reason(amp: bool, matmul_dtype: torch.dtype | None) -> str:
+    """What the log says about the CPU GRU's product precision: the choice and the measurement behind it."""
+    if not amp:
+        return "fp32 (--no-amp)"
+    speedup = cpu_bf16_speedup()
+    why = f"measured {speedup:.2f}x fp32 here" if speedup else "unavailable: no AVX512-BF16/AMX"
+    return f"{'bf16' if matmul_dtype is not None else 'fp32'} (bf16 {why})"
 
 
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -370,6 +370,8 @@ def build_run(
     model = GRUClassifier(mcfg).to(device)
     if device.type == "cpu" and cfg.amp and cpu_has_fast_bf16():
         model.matmul_dtype = torch.bfloat16  # fused GRU: bf16 products, fp32 states, gates and gradients
+    if device.type == "cpu" and d.main:
+        print(f"GRU products: {_cpu_products_reason(cfg.amp, model.matmul_dtype)}", flush=True)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     n_batches = len(shard_batches(train_batches(cache, train_idx, cfg, 0), d.rank, d.world))
     sched = _make_scheduler(cfg, opt, math.ceil(n_batches / cfg.grad_accum))

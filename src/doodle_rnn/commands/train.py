@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=DEVICES, default=TrainConfig.device,
                    help="auto picks CUDA, then MPS, then CPU")  # fmt: skip
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=TrainConfig.amp,
-                   help="mixed precision: bf16 or fp16 autocast on CUDA; bf16 GRU matrix products on CPUs with AVX512-BF16/AMX")  # fmt: skip
+                   help="mixed precision: bf16 or fp16 autocast on CUDA; bf16 GRU matrix products on CPUs with AVX512-BF16/AMX where they measure >= 1.25x fp32 (checked at start)")  # fmt: skip
     p.add_argument(
         "--seed",
         type=int,
