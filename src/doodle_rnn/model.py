@@ -144,7 +144,10 @@ class _ConvFrontEnd(nn.Module):
 #
 # W_ih = [W_ir; W_iz; W_in] and W_hh likewise, so one product gives all three gates: the input
 # projection x W_ih^T + b_ih ([.., 3H], computed for every step at once before the time loop) and the
-# hidden projection h W_hh^T + b_hh ([.., 3H], one product per step). Both are laid out [r | z | n].
+# hidden projection h W_hh^T + b_hh ([.., 3H], one product per step). The hidden projection is laid out
+# [r | z | n] like W_hh; the input projection [n | r | z] (W_ih's rows reordered), so that backward one
+# buffer [n_in | r | z | n_h] holds both gradients as plain slices: [n_in | r | z] is the input
+# projection's and [r | z | n_h] the hidden projection's, and no concatenation copies them apart.
 #
 # Packed rows. Drawings are sorted longest first; step t holds the `counts[t]` drawings still running,
 # in rows `starts[t] : starts[t] + counts[t]` (time-major, like a PackedSequence). For lengths 4, 3, 1:
@@ -183,7 +186,7 @@ def _mm_add_bf16(add: torch.Tensor, a: torch.Tensor, w_bf16: torch.Tensor, out: 
 class _GRUScan(torch.autograd.Function):
     """The recurrent part of one GRU layer, all directions at once, over packed, length-sorted drawings.
 
-    x_proj: [D, N, 3H] input projections (x W_ih^T + b_ih), each direction in its own time order, D
+    x_proj: [D, N, 3H] input projections (x W_ih^T + b_ih, columns [n | r | z]), each direction in its own time order, D
     directions, N packed rows (see the picture above); w_hh: [D, 3H, H]; b_hh: [D, 3H]; counts, starts:
     the rows of each step; last: [B] the packed row of each drawing's final step; prev: [N - counts[0]]
     the packed row of the previous step for every row after step 0. N may exceed the packed steps
@@ -231,10 +234,10 @@ class _GRUScan(torch.autograd.Function):
             x_p = x_proj[:, row : row + n]
             mm_add(bias, h_prev, w_hh_t, h_proj)
             r_z = gates[..., : 2 * hidden]  # r and z together: the same sum and sigmoid
-            torch.add(x_p[..., : 2 * hidden], h_proj[..., : 2 * hidden], out=r_z)
+            torch.add(x_p[..., hidden:], h_proj[..., : 2 * hidden], out=r_z)
             r_z.sigmoid_()
             cand = gates[..., 2 * hidden :]  # n
-            torch.addcmul(x_p[..., 2 * hidden :], r_z[..., :hidden], h_proj[..., 2 * hidden :], out=cand)
+            torch.addcmul(x_p[..., :hidden], r_z[..., :hidden], h_proj[..., 2 * hidden :], out=cand)
             cand.tanh_()
             torch.lerp(cand, h_prev, r_z[..., hidden:], out=states[:, row : row + n])
         final = states[:, last]
@@ -257,13 +260,12 @@ class _GRUScan(torch.autograd.Function):
         batch = counts[0]
         # d_h: gradient of the loss with respect to the running hidden state (rows of one step)
         d_h = g_final.clone() if g_final is not None else states.new_zeros(dirs, batch, hidden)
-        # gradients of the pre-activations: [r | z | n-part of h W_hh^T + b_hh] and of n's input part
-        d_gates_all = states.new_empty(dirs, rows, 3 * hidden)
-        d_cand_all = states.new_empty(dirs, rows, hidden)
-        used = starts[-1] + counts[-1]
-        d_gates_all[:, used:] = 0
-        d_cand_all[:, used:] = 0
+        # gradients of the pre-activations, one buffer [n's input part | r | z | n-part of h W_hh^T + b_hh]:
+        # [..., :3H] is the input projection's gradient, [..., H:] the hidden projection's (see above)
+        d_all = states.new_empty(dirs, rows, 4 * hidden)
+        d_all[:, starts[-1] + counts[-1] :] = 0
         h_zero = states.new_zeros(dirs, batch, hidden)
+        one = states.new_ones(())  # 1 - x as addcmul(one, x, x, value=-1) etc.: no scalar tensor per op
         for t in range(len(counts) - 1, -1, -1):
             n, row = counts[t], starts[t]
             d_ht = d_h[:, :n]
@@ -272,22 +274,26 @@ class _GRUScan(torch.autograd.Function):
             gates = gates_all[:, row : row + n]
             r, z, cand = gates[..., :hidden], gates[..., hidden : 2 * hidden], gates[..., 2 * hidden :]
             h_proj_n = h_proj_all[:, row : row + n, 2 * hidden :]
-            d_gates = d_gates_all[:, row : row + n]
-            d_cand = d_cand_all[:, row : row + n]
+            d_row = d_all[:, row : row + n]
+            d_cand, d_gates = d_row[..., :hidden], d_row[..., hidden:]  # d_gates: [r | z | n_h]
+            d_hz = d_ht * z
             # n = tanh(.) -> d_n_pre = dh (1 - z) (1 - n^2)
-            torch.mul(d_ht, 1 - z, out=d_cand)
-            d_cand.mul_(1 - cand * cand)
+            torch.sub(d_ht, d_hz, out=d_cand)
+            d_cand.mul_(torch.addcmul(one, cand, cand, value=-1))
             # z gate: dz_pre = dh (h_prev - n) z (1 - z)
             h_prev = states[:, starts[t - 1] : starts[t - 1] + n] if t else h_zero
-            torch.mul(d_ht * (h_prev - cand), z * (1 - z), out=d_gates[..., hidden : 2 * hidden])
+            torch.mul(
+                d_ht * (h_prev - cand),
+                torch.addcmul(z, z, z, value=-1),
+                out=d_gates[..., hidden : 2 * hidden],
+            )
             # r gate: dr_pre = d_n_pre (h W_hn^T + b_hn) r (1 - r)
-            torch.mul(d_cand * h_proj_n, r * (1 - r), out=d_gates[..., :hidden])
+            torch.mul(d_cand * h_proj_n, torch.addcmul(r, r, r, value=-1), out=d_gates[..., :hidden])
             torch.mul(d_cand, r, out=d_gates[..., 2 * hidden :])
             # dh_{t-1} = dh z + d_gates W_hh
-            mm_add(d_ht * z, d_gates, w_hh_mm, d_h[:, :n])
-        g_x_proj = None
-        if ctx.needs_input_grad[0]:
-            g_x_proj = torch.cat([d_gates_all[..., : 2 * hidden], d_cand_all], dim=-1)
+            mm_add(d_hz, d_gates, w_hh_mm, d_h[:, :n])
+        g_x_proj = d_all[..., : 3 * hidden] if ctx.needs_input_grad[0] else None  # [n_in | r | z]: a view
+        d_gates_all = d_all[..., hidden:]
         g_w = g_b = None
         if ctx.needs_input_grad[1]:
             # sum over steps t >= 1 of d_gates_t^T h_{t-1}; step 0 (h_{-1} = 0) adds nothing
@@ -399,12 +405,14 @@ def gru_final_states(
     else:
         inputs = [packed]
     sfx = ["", "_reverse"][:dirs]
+    hidden = gru.hidden_size
+    n_r_z = torch.cat([torch.arange(2 * hidden, 3 * hidden), torch.arange(2 * hidden)]).to(dev)  # W_ih rows
     final = None
     with torch.autocast(dev.type, enabled=False):
         for layer in range(gru.num_layers):
-            w_ih = torch.stack([getattr(gru, f"weight_ih_l{layer}{s}") for s in sfx])
+            w_ih = torch.stack([getattr(gru, f"weight_ih_l{layer}{s}") for s in sfx])[:, n_r_z]
             w_hh = torch.stack([getattr(gru, f"weight_hh_l{layer}{s}") for s in sfx])
-            b_ih = torch.stack([getattr(gru, f"bias_ih_l{layer}{s}") for s in sfx])
+            b_ih = torch.stack([getattr(gru, f"bias_ih_l{layer}{s}") for s in sfx])[:, n_r_z]
             b_hh = torch.stack([getattr(gru, f"bias_hh_l{layer}{s}") for s in sfx])
             if mm_dtype is None:
                 x_proj = _input_proj_fp32(inputs, w_ih, b_ih)
