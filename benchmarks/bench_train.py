@@ -173,6 +173,12 @@ def main() -> int:
         mean_steps_val = float(cache.lengths[vidx].mean())
         train_gflops = rec["train_drawings_per_s"] * mean_steps_train * fps * 3 / 1e9
         val_dps = len(vidx) / val_secs
+        # the whole process's work: the epoch's training plus its validation pass over every val drawing
+        whole_gflops = (
+            (n_train * mean_steps_train * fps * 3 + len(va) * float(cache.lengths[va].mean()) * fps)
+            / whole_epoch
+            / 1e9
+        )
         val_gflops = val_dps * mean_steps_val * fps / 1e9
         print(json.dumps({
             "benchmark": "train",
@@ -183,6 +189,9 @@ def main() -> int:
             "batch_size": args.batch_size,
             "max_batches": args.max_batches,
             "whole_epoch": {"seconds": round(whole_epoch, 2), "what": "doodle train process: start to checkpoint written and exit",
+                            "train_drawings_per_s": round(n_train / whole_epoch, 1), "gflops": round(whole_gflops, 1),
+                            "fraction_of_bf16_peak": round(whole_gflops / peak_bf16, 3),
+                            "fraction_of_best_peak": round(whole_gflops / max(peak, peak_bf16), 3),
                             "peak_rss_mb": round(child_rss_mb, 1)},
             "cpu_steal_share": steal,
             "train": {"drawings": n_train, "seconds": round(rec["train_seconds"], 2),
@@ -192,6 +201,9 @@ def main() -> int:
             "flops_per_step_forward": fps,
             "fraction_of_peak": {"train": round(train_gflops / peak, 3), "val": round(val_gflops / peak, 3)},
             "fraction_of_bf16_peak": {"train": round(train_gflops / peak_bf16, 3), "val": round(val_gflops / peak_bf16, 3)},
+            "fraction_of_best_peak": {"train": round(train_gflops / max(peak, peak_bf16), 3),
+                                      "val": round(val_gflops / max(peak, peak_bf16), 3),
+                                      "what": "the faster of the in-run fp32 and bf16 product peaks: the machine's ceiling"},
             "peak_rss_mb_validation_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "machine": facts,
         }))  # fmt: skip
