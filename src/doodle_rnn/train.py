@@ -346,6 +346,8 @@ def _setup(cfg: TrainConfig, d: Dist) -> TrainRun:
         _start_run_dir(out, cfg, d, cache, len(train_idx), len(val_idx), device)
 
     run = build_run(cfg, d, out, device, cache, train_idx, val_idx, mcfg)
+    if device.type == "cpu" and d.main:
+        print(f"GRU products: {_cpu_products_reason(cfg.amp, run.model.matmul_dtype)}", flush=True)
     if resume_ckpt is not None:
         _restore(run, resume_ckpt)
     if d.world > 1:
@@ -370,8 +372,6 @@ def build_run(
     model = GRUClassifier(mcfg).to(device)
     if device.type == "cpu" and cfg.amp and cpu_has_fast_bf16():
         model.matmul_dtype = torch.bfloat16  # fused GRU: bf16 products, fp32 states, gates and gradients
-    if device.type == "cpu" and d.main:
-        print(f"GRU products: {_cpu_products_reason(cfg.amp, model.matmul_dtype)}", flush=True)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     n_batches = len(shard_batches(train_batches(cache, train_idx, cfg, 0), d.rank, d.world))
     sched = _make_scheduler(cfg, opt, math.ceil(n_batches / cfg.grad_accum))
@@ -485,7 +485,11 @@ def _train_epoch(run: TrainRun, epoch: int) -> _EpochStats:
     bar = tqdm(
         total=len(batches), desc=f"epoch {epoch}", leave=False, disable=not (d.main and sys.stderr.isatty())
     )
-    loss_sum = correct = seen = 0.0
+    # Running sums stay on the device and are read only to log: reading a CUDA number waits for the GPU,
+    # and three reads a step kept the host from building the next batch while the GPU ran this one.
+    exact = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    sums = torch.zeros(2, dtype=exact, device=device)  # loss x drawings, correct top-1
+    seen = 0
     run.opt.zero_grad(set_to_none=True)
     hit_max = False
     for i, b in enumerate(batches):
@@ -495,20 +499,22 @@ def _train_epoch(run: TrainRun, epoch: int) -> _EpochStats:
         with sync:
             loss, logits = training_loss(run, x, lengths, y)
             run.scaler.scale(loss / cfg.grad_accum).backward()
-        loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum()]).to(exact)
         seen += len(y)
         if last_micro:
             optimizer_step(run)
         bar.update(1)
-        if (i + 1) % cfg.log_every == 0:
-            _log_batch(run, epoch, i + 1, len(batches), loss_sum / seen, correct / seen)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc1=f"{correct / seen:.3f}")
+        if (i + 1) % cfg.log_every == 0 or (not bar.disable and (i + 1) % 20 == 0):
+            loss_avg, acc1 = (sums / seen).tolist()
+            if (i + 1) % cfg.log_every == 0:
+                _log_batch(run, epoch, i + 1, len(batches), loss_avg, acc1)
+            bar.set_postfix(loss=f"{loss_avg:.4f}", acc1=f"{acc1:.3f}")
         if cfg.max_steps is not None and run.global_step >= cfg.max_steps and last_micro:
             hit_max = True
             break
     bar.close()
-    loss_sum, correct, seen = _all_sum([loss_sum, correct, seen], d, device)
+    loss_sum, correct = sums.tolist()
+    loss_sum, correct, seen = _all_sum([loss_sum, correct, float(seen)], d, device)
     return _EpochStats(loss_sum, correct, seen, time.perf_counter() - t0, hit_max)
 
 
@@ -532,14 +538,15 @@ def training_loss(run: TrainRun, x: torch.Tensor, lengths: torch.Tensor, y: torc
     return F.cross_entropy(logits.float(), y, label_smoothing=run.cfg.label_smoothing), logits
 
 
-def optimizer_step(run: TrainRun) -> float | None:
+def optimizer_step(run: TrainRun) -> torch.Tensor | None:
     """Clip, step (through the fp16 scaler when it is on), and advance a OneCycle schedule.
 
-    Returns the gradient norm before clipping (None when clipping is off)."""
+    Returns the gradient norm before clipping as a 0-d tensor on the device (None when clipping is off):
+    reading it waits for the GPU, so only a caller that needs the number does."""
     norm = None
     if run.cfg.grad_clip > 0:
         run.scaler.unscale_(run.opt)
-        norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
     run.scaler.step(run.opt)
     run.scaler.update()
     run.opt.zero_grad(set_to_none=True)
