@@ -127,7 +127,6 @@ def _sweep(run: TrainRun, cfg: LRFindConfig) -> dict:
         loss, _ = training_loss(run, x, lengths, y)
         run.scaler.scale(loss).backward()
         norm = optimizer_step(run)
-        norm = None if norm is None else float(norm)
         value = loss.item()
         avg = cfg.smoothing * avg + (1 - cfg.smoothing) * value
         s = avg / (1 - cfg.smoothing ** (it + 1))
