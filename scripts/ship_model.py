@@ -26,18 +26,13 @@ import numpy as np
 def val_strokes(cache_dir: str, split: str) -> tuple[list, np.ndarray, list[str]]:
     """A stroke3 cache's drawings of one split as strokes (exact up to a shift, which normalising removes)."""
     from doodle_rnn.data.cache import DoodleCache
-    from doodle_rnn.data.encode import features_to_strokes, steps_to_features
+    from doodle_rnn.data.encode import batch_strokes
 
     cache = DoodleCache(cache_dir)
     if cache.encoding != "stroke3":
         raise SystemExit(f"{cache_dir}: the threshold replay needs a stroke3 cache, not {cache.encoding}")
     idx = cache.split_indices(split)
-    steps, lengths = cache.batch_steps(idx)
-    starts = np.cumsum(lengths) - lengths
-    strokes = [
-        features_to_strokes(steps_to_features(steps[s : s + n]), "stroke3")
-        for s, n in zip(starts.tolist(), lengths.tolist(), strict=True)
-    ]
+    strokes = batch_strokes(*cache.batch_steps(idx), "stroke3")
     return strokes, cache.labels[idx].astype(np.int64), list(cache.classes)
 
 

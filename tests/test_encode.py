@@ -7,6 +7,7 @@ import pytest
 
 from doodle_rnn.data.encode import (
     LengthRules,
+    batch_strokes,
     encode_batch,
     encode_strokes,
     features_to_strokes,
@@ -41,6 +42,19 @@ def test_stroke3_keeps_pen_up_moves_and_dots() -> None:
     assert steps.tolist() == [[100, 0, 0], [100, 50, 1], [50, 200, 1], [-220, -220, 0], [10, 0, 1]]
     back = features_to_strokes(steps_to_features(steps), "stroke3")
     assert back == DRAWING
+
+
+@pytest.mark.parametrize("encoding", ["reference", "stroke3"])
+def test_batch_strokes_gives_each_drawing_back_as_the_model_sees_it(encoding: str) -> None:
+    drawings = [d.strokes for d in generate(40, seed=4)]
+    steps, lengths, kept = encode_batch(drawings, encoding, LengthRules(min_len=6, max_len=60))
+    back = batch_strokes(steps, lengths, encoding)
+    assert len(back) == len(kept) == len(lengths)
+    offsets = np.r_[0, np.cumsum(lengths)]
+    for j, strokes in enumerate(back):
+        one = steps[offsets[j] : offsets[j + 1]]
+        assert strokes == features_to_strokes(steps_to_features(one), encoding)  # split at the right steps
+    assert sum(sum(len(s[0]) for s in d) for d in back) >= int(lengths.sum())  # every step became a point
 
 
 @pytest.mark.parametrize("encoding", ["reference", "stroke3"])

@@ -228,7 +228,7 @@ def recover_strokes(
     int16 steps the evaluation used. A `stroke3` drawing not found (or not reproducing its steps) is
     decoded from its steps instead and checked the same way. Returns (strokes per drawing, counts by origin).
     """
-    from doodle_rnn.data.encode import encode_batch, features_to_strokes, steps_to_features
+    from doodle_rnn.data.encode import encode_batch, steps_to_strokes
     from doodle_rnn.data.formats import DataFormatError, SkipReport, iter_drawings
 
     want: dict[str, list[int]] = {}
@@ -267,7 +267,7 @@ def recover_strokes(
     counts = {"source files": sum(s is not None for s in out)}
     if encoding == "stroke3":
         idx = [i for i, s in enumerate(out) if s is None]
-        decoded = [_shift_to_origin(features_to_strokes(steps_to_features(np.asarray(expected[i])), encoding))
+        decoded = [_shift_to_origin(steps_to_strokes(expected[i], encoding))
                    for i in idx]  # fmt: skip
         for i, s, ok in zip(idx, decoded, matches(decoded, idx) if idx else [], strict=True):
             if ok:

@@ -512,13 +512,9 @@ def evaluate_data(model, ev: EvalData, temperature: float = 1.0, batch_size: int
 
 def example_strokes(ev: EvalData, rows: Sequence[int]) -> list[list]:
     """The drawings at `rows` as strokes, decoded from the encoded steps: exactly what the model saw."""
-    from doodle_rnn.data.encode import features_to_strokes, steps_to_features
+    from doodle_rnn.data.encode import batch_strokes
 
-    out = []
-    for r in rows:
-        steps, _ = ev.data.batch_steps(np.array([r]))
-        out.append(features_to_strokes(steps_to_features(np.asarray(steps)), ev.encoding))
-    return out
+    return batch_strokes(*ev.data.batch_steps(np.asarray(rows, dtype=np.int64)), ev.encoding)
 
 
 def confused_examples(ev: EvalData, pr: Predictions, n_pairs: int = 6, per_pair: int = 4) -> list[dict]:

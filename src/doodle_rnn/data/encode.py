@@ -245,5 +245,19 @@ def features_to_strokes(features: np.ndarray, encoding: str) -> list[list[list[i
     return strokes
 
 
+def steps_to_strokes(steps: np.ndarray, encoding: str) -> list[list[list[int]]]:
+    """One drawing's stored int16 steps back to strokes (`features_to_strokes` of its features)."""
+    return features_to_strokes(steps_to_features(np.asarray(steps)), encoding)
+
+
+def batch_strokes(steps: np.ndarray, lengths: np.ndarray, encoding: str) -> list[list[list[list[int]]]]:
+    """Concatenated steps of several drawings (as `batch_steps` returns them) back to strokes, one per drawing."""
+    starts = np.cumsum(lengths) - lengths
+    return [
+        steps_to_strokes(steps[s : s + n], encoding)
+        for s, n in zip(starts.tolist(), np.asarray(lengths).tolist(), strict=True)
+    ]
+
+
 def rules_from_dict(d: dict | None) -> LengthRules:
     return LengthRules(**d) if d else LengthRules()

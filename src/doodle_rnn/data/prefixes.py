@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from doodle_rnn.data.encode import LengthRules, encode_batch, features_to_strokes, steps_to_features
+from doodle_rnn.data.encode import LengthRules, encode_batch, steps_to_strokes
 
 
 def ceil_share(percent: int, n: int) -> int:
@@ -85,7 +85,7 @@ def random_prefixes(
     by_points = rng.random(len(chosen)) < 0.5
     cut = []
     for i, share, points in zip(chosen, shares, by_points, strict=True):
-        drawing = features_to_strokes(steps_to_features(steps[starts[i] : starts[i] + lengths[i]]), encoding)
+        drawing = steps_to_strokes(steps[starts[i] : starts[i] + lengths[i]], encoding)
         if points:
             part = first_points(drawing, max(1, math.ceil(share * n_points(drawing))))
         else:
