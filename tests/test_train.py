@@ -249,3 +249,14 @@ def test_cpu_products_follow_the_measured_bf16_speedup(small_cache, tmp_path):
     r = _cli("train", "--data", str(small_cache), "--out", str(tmp_path / "run2"), "--epochs", "1", "--max-steps", "2",
              "--hidden-size", "16", "--batch-size", "32", "--num-threads", "1", "--device", "cpu", "--no-amp")  # fmt: skip
     assert r.returncode == 0 and "GRU products: fp32 (--no-amp)" in r.stdout.splitlines()
+
+
+def test_measuring_bf16_leaves_the_seeded_generator_alone():
+    """The probe runs inside a seeded run (after the model's initialisation): it must not draw from it."""
+    from doodle_rnn.devices import _product_seconds
+
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    _product_seconds([(8, 8, 8, 1)], torch.float32)
+    assert torch.equal(torch.rand(3), expected)

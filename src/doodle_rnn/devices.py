@@ -50,7 +50,11 @@ def _product_seconds(shapes: list[tuple[int, int, int, int]], dtype) -> float:
     """Best of three timings of the given products (m, k, n, repeats) in `dtype`, with this process's threads."""
     import torch
 
-    mats = [(torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype), r) for m, k, n, r in shapes]
+    gen = torch.Generator().manual_seed(0)  # its own generator: measuring must not move the seeded global one
+    mats = [
+        (torch.randn(m, k, generator=gen).to(dtype), torch.randn(k, n, generator=gen).to(dtype), r)
+        for m, k, n, r in shapes
+    ]
     for a, b, _ in mats:
         a @ b  # first call: oneDNN picks and builds its kernel
     best = float("inf")
