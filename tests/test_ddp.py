@@ -34,6 +34,7 @@ def test_torchrun_two_cpu_ranks(tmp_path: Path):
     # only rank 0 prints and writes
     assert r.stdout.count("config: {") == 1
     assert "x 2 ranks" in r.stdout
+    assert r.stdout.count("GRU products: ") == 1  # rank 0 says which products the ranks use
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [x for x in recs if x["kind"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [1]  # 12 steps < one epoch of 637 / 16 / 2 batches per rank

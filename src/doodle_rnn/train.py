@@ -36,7 +36,7 @@ from doodle_rnn.data.batches import bucket_batches, shard_batches
 from doodle_rnn.data.cache import DoodleCache
 from doodle_rnn.data.encode import ENCODING_VERSION
 from doodle_rnn.data.prefixes import random_prefixes
-from doodle_rnn.devices import cpu_bf16_speedup, cpu_has_fast_bf16, pick_device
+from doodle_rnn.devices import BF16_MIN_SPEEDUP, cpu_bf16_speedup, pick_device
 from doodle_rnn.memory import keep_freed_memory
 from doodle_rnn.model import GRUClassifier, ModelConfig
 from doodle_rnn.tensors import augment_features, pad_features
@@ -207,11 +207,23 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _cpu_products_reason(amp: bool, matmul_dtype: torch.dtype | None) -> str:
-    """What the log says about the CPU GRU's product precision: the choice and the measurement behind it."""
-    if not amp:
-        return "fp32 (--no-amp)"
+def _bf16_speedup(cfg: TrainConfig, d: Dist, device: torch.device) -> float | None:
+    """The measured bf16/fp32 product speed ratio the CPU run decides by (None: not a CPU run with --amp).
+
+    Ranks of a data-parallel run decide together, by their mean measurement, so that none trains in
+    another precision than the rest."""
+    if device.type != "cpu" or not cfg.amp:
+        return None
     speedup = cpu_bf16_speedup()
+    if d.world > 1:
+        speedup = _all_sum([speedup], d, device)[0] / d.world
+    return speedup
+
+
+def _cpu_products_reason(speedup: float | None, matmul_dtype: torch.dtype | None) -> str:
+    """What the log says about the CPU GRU's product precision: the choice and the measurement behind it."""
+    if speedup is None:
+        return "fp32 (--no-amp)"
     why = f"measured {speedup:.2f}x fp32 here" if speedup else "unavailable: no AVX512-BF16/AMX"
     return f"{'bf16' if matmul_dtype is not None else 'fp32'} (bf16 {why})"
 
@@ -295,6 +307,7 @@ class TrainRun:
     best: dict = field(default_factory=lambda: {"val_loss": math.inf})
     bad_epochs: int = 0
     stop_reason: str = "epochs"
+    bf16_speedup: float | None = None  # measured bf16/fp32 product ratio (CPU with --amp), see _bf16_speedup
 
 
 @dataclass
@@ -347,7 +360,7 @@ def _setup(cfg: TrainConfig, d: Dist) -> TrainRun:
 
     run = build_run(cfg, d, out, device, cache, train_idx, val_idx, mcfg)
     if device.type == "cpu" and d.main:
-        print(f"GRU products: {_cpu_products_reason(cfg.amp, run.model.matmul_dtype)}", flush=True)
+        print(f"GRU products: {_cpu_products_reason(run.bf16_speedup, run.model.matmul_dtype)}", flush=True)
     if resume_ckpt is not None:
         _restore(run, resume_ckpt)
     if d.world > 1:
@@ -370,7 +383,8 @@ def build_run(
     """The recipe's model, optimiser (no decay on biases and gains), schedule and mixed precision."""
     torch.manual_seed(cfg.seed)
     model = GRUClassifier(mcfg).to(device)
-    if device.type == "cpu" and cfg.amp and cpu_has_fast_bf16():
+    bf16_speedup = _bf16_speedup(cfg, d, device)
+    if bf16_speedup is not None and bf16_speedup >= BF16_MIN_SPEEDUP:
         model.matmul_dtype = torch.bfloat16  # fused GRU: bf16 products, fp32 states, gates and gradients
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     n_batches = len(shard_batches(train_batches(cache, train_idx, cfg, 0), d.rank, d.world))
@@ -378,7 +392,20 @@ def build_run(
     amp_dtype = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     return TrainRun(
-        cfg, d, out, device, cache, train_idx, val_idx, model, opt, sched, scaler, amp_dtype, net=model
+        cfg,
+        d,
+        out,
+        device,
+        cache,
+        train_idx,
+        val_idx,
+        model,
+        opt,
+        sched,
+        scaler,
+        amp_dtype,
+        net=model,
+        bf16_speedup=bf16_speedup,
     )
 
 
