@@ -391,22 +391,8 @@ def build_run(
     sched = _make_scheduler(cfg, opt, math.ceil(n_batches / cfg.grad_accum))
     amp_dtype = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    return TrainRun(
-        cfg,
-        d,
-        out,
-        device,
-        cache,
-        train_idx,
-        val_idx,
-        model,
-        opt,
-        sched,
-        scaler,
-        amp_dtype,
-        net=model,
-        bf16_speedup=bf16_speedup,
-    )
+    return TrainRun(cfg, d, out, device, cache, train_idx, val_idx, model, opt, sched, scaler, amp_dtype,
+                    net=model, bf16_speedup=bf16_speedup)  # fmt: skip
 
 
 def _set_threads(cfg: TrainConfig, d: Dist) -> None:
