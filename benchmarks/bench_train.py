@@ -33,7 +33,6 @@ from machine_facts import cpu_steal, machine_facts, sync_device
 
 from doodle_rnn.data.cache import DoodleCache, PrepareConfig, prepare_cache
 from doodle_rnn.data.formats import iter_drawings
-from doodle_rnn.devices import cpu_has_fast_bf16
 from doodle_rnn.model import GRUClassifier
 from doodle_rnn.train import evaluate
 
@@ -148,7 +147,7 @@ def main() -> int:
                 f"from doodle_rnn.cli import main; raise SystemExit(main({argv!r}))")  # fmt: skip
         steal0 = cpu_steal()
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL)
+        child = subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.PIPE, text=True)
         whole_epoch = time.perf_counter() - t0
         steal = cpu_steal(since=steal0)
         rec = [json.loads(x) for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()][-1]
@@ -158,8 +157,8 @@ def main() -> int:
 
         model = build_model(load_checkpoint(tmp / "run" / "last.pt")).to(device)
         model.impl = args.impl
-        if not args.fp32 and device.type == "cpu" and cpu_has_fast_bf16():
-            model.matmul_dtype = torch.bfloat16  # as train() validates
+        if any(line.startswith("GRU products: bf16") for line in child.stdout.splitlines()):
+            model.matmul_dtype = torch.bfloat16  # validate in the products the training process chose
         vidx = va
         if args.max_batches:
             vidx = np.random.default_rng(1).permutation(va)[: args.max_batches * args.batch_size]
