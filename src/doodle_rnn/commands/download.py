@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--full",
         action="store_true",
         help="whole files (the default, said explicitly): with --classes all, about 50 million drawings, "
-        "roughly 40 GB of simplified ndjson (estimated at the shared sample's ~750 bytes a line); "
+        "about 22 GB of simplified ndjson (estimated from the shared sample's ~420 bytes a line); "
         "streamed to disk a chunk at a time and resumable",
     )
     parser.add_argument("--jobs", type=_positive_int, default=4, help="files downloaded in parallel")

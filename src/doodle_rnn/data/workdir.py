@@ -26,9 +26,10 @@ from doodle_rnn.data.formats import detect_format
 from doodle_rnn.data.shards import ShardInfo, file_identity
 from doodle_rnn.errors import DoodleError
 
-# Cache bytes per input byte, measured on real data (wide1k, gzip level 9: 2.1; official .ndjson: 0.35)
-# and rounded up; the spill files add ~15% (records and key_ids) while the merge runs.
-CACHE_PER_INPUT_BYTE = {"ndjson.gz": 2.5, "ndjson": 0.45, "csv": 0.45, "csv.gz": 2.5, "npz": 1.2}
+# Cache bytes per input byte, measured on the real wide1k + wide5k-rest drawings (gzip: 2.1-2.2; the same
+# lines uncompressed, ~420 bytes each: 0.64) and rounded up; official lines, which also carry a timestamp
+# and a country, come out lower. The spill files add ~15% (records and key_ids) while the merge runs.
+CACHE_PER_INPUT_BYTE = {"ndjson.gz": 2.5, "ndjson": 0.75, "csv": 0.75, "csv.gz": 2.5, "npz": 1.2}
 SPILL_OVERHEAD = 1.15
 FREE_BYTES_ENV = "DOODLE_PREPARE_FREE_BYTES"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
