@@ -106,8 +106,13 @@ def prepare_cache(cfg: PrepareConfig) -> dict:
         todo = [f for i, f in enumerate(files) if i not in done]
         check_space(work.path, estimate_cache_bytes(todo), f"the cache of {len(files)} input file(s)")
         infos = _encode_all(files, done, work, cfg)
+        t_encoded = time.perf_counter()
         manifest = _merge(infos, work, cfg)
         manifest["seconds"] = round(time.perf_counter() - t0, 3)
+        manifest["phases"] = {
+            "encode_s": round(t_encoded - t0, 3),
+            "merge_s": round(time.perf_counter() - t_encoded, 3),
+        }
         manifest["resumed_files"] = len(done)
         manifest["notes"] = work.notes
         _write_json(work.path / "manifest.json", manifest)
