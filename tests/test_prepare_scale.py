@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from doodle_rnn.data import merge, shards
@@ -76,6 +77,10 @@ def _real_inputs(root: Path, bundled_dir: Path) -> Path:
         shutil.copy(bundled_dir / f"{w}.ndjson.gz", a)
     cows = gzip.decompress((bundled_dir / "cow.ndjson.gz").read_bytes()).splitlines(keepends=True)
     (b / "cow.ndjson").write_bytes(b"".join(cows[500:900]))
+    sharks = gzip.decompress((bundled_dir / "shark.ndjson.gz").read_bytes()).splitlines()[:900]
+    # key_ids of 2 to 10 bytes, longer in each encoded chunk of 300 (and shorter than the real ones)
+    recs = [orjson.loads(x) | {"key_id": "s" + str(i) * (1 + i // 300)} for i, x in enumerate(sharks)]
+    (b / "shark.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in recs))
     return root
 
 

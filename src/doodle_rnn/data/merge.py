@@ -62,11 +62,11 @@ class Plan:
 
 
 def shard_chunks(infos: list[ShardInfo], folder: Path):
-    """(shard index, global index of the chunk's first drawing, records, key_ids) for every chunk, in order."""
+    """(shard index, global index of the chunk's first drawing, records) for every chunk, in order."""
     base = 0
     for s, info in enumerate(infos):
-        for rec, keys in iter_records(info, folder, RECORDS_CHUNK):
-            yield s, base, rec, keys
+        for rec in iter_records(info, folder, RECORDS_CHUNK):
+            yield s, base, rec
             base += len(rec)
 
 
@@ -78,7 +78,7 @@ def find_duplicates(infos: list[ShardInfo], folder: Path, plan: Plan) -> None:
     paths = [bucket_dir / f"{b:04d}.pairs" for b in range(n_buckets)]
     with ExitStack() as stack:
         sinks = [stack.enter_context(open(p, "wb")) for p in paths]
-        for _, base, rec, _ in shard_chunks(infos, folder):
+        for _, base, rec in shard_chunks(infos, folder):
             pairs = np.empty(len(rec), PAIR)
             pairs["hash"] = rec["hash"]
             pairs["gidx"] = np.arange(base, base + len(rec))
@@ -104,7 +104,7 @@ def apply_caps(infos: list[ShardInfo], folder: Path, plan: Plan, n_classes: int,
     seen = np.zeros(n_classes, np.int64)
     plan.counts = np.zeros(n_classes * 3, np.int64)
     plan.key_width = max([w for info in infos for _, w in info.key_chunks] or [1])
-    for s, base, rec, _ in shard_chunks(infos, folder):
+    for s, base, rec in shard_chunks(infos, folder):
         keep = ~plan.drop.get(base, base + len(rec))
         if cap is not None:
             idx = np.flatnonzero(keep)
@@ -160,7 +160,7 @@ def write_arrays(
     end = base = 0
     for s, info in enumerate(infos):
         with open(folder / f"{info.stem}.steps", "rb") as steps_fh:
-            for rec, keys in iter_records(info, folder, RECORDS_CHUNK):
+            for rec, keys in iter_records(info, folder, RECORDS_CHUNK, keys=True):
                 lens = rec["len"].astype(np.int64)
                 steps = np.fromfile(steps_fh, np.int16, 3 * int(lens.sum())).reshape(-1, 3)
                 keep = ~plan.drop.get(base, base + len(rec))

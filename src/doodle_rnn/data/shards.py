@@ -143,8 +143,13 @@ def _wanted(path: str, cfg: PrepareConfig, info: ShardInfo, skips: SkipReport, w
         yield d
 
 
-def iter_records(info: ShardInfo, folder: Path, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The shard's records `chunk` at a time, with their key_ids as fixed-width bytes arrays."""
+def iter_records(info: ShardInfo, folder: Path, chunk: int, keys: bool = False) -> Iterator:
+    """The shard's records `chunk` at a time; with keys=True, (records, key_ids as fixed-width bytes)."""
+    if not keys:
+        with open(folder / f"{info.stem}.rec", "rb") as fr:
+            for a in range(0, info.n, chunk):
+                yield np.fromfile(fr, RECORD, min(chunk, info.n - a))
+        return
     widths = np.repeat([w for _, w in info.key_chunks], [c for c, _ in info.key_chunks]).astype(np.int64)
     key_pos = np.concatenate([[0], np.cumsum(widths)])
     with open(folder / f"{info.stem}.rec", "rb") as fr, open(folder / f"{info.stem}.keys", "rb") as fk:
@@ -158,6 +163,8 @@ def iter_records(info: ShardInfo, folder: Path, chunk: int) -> Iterator[tuple[np
 def _fixed_width(raw: np.ndarray, widths: np.ndarray) -> np.ndarray:
     """Variable-width key bytes -> one 'S<max width>' array (np.array(keys, 'S') pads the same way)."""
     w = int(widths.max()) if len(widths) else 1
+    if len(widths) and int(widths.min()) == w:  # the usual case: one width for the whole chunk
+        return raw.view(f"S{w}").copy()
     out = np.zeros((len(widths), w), np.uint8)
     starts = np.cumsum(widths) - widths
     rows = np.repeat(np.arange(len(widths)), widths)
