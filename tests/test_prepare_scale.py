@@ -172,6 +172,7 @@ def test_a_killed_prepare_resumes_and_leaves_no_work_folder(tmp_path: Path, bund
     (tmp_path / ".c.tmp-0badf00d").mkdir()  # what an older version left behind when it was killed
     r = subprocess.run(_prepare_cmd(data, out), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+    assert "resumed: reused" in r.stderr and "removed" in r.stderr and ".c.tmp-0badf00d" in r.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["resumed_files"] >= done_before and any(".c.tmp-0badf00d" in n for n in m["notes"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "in"]  # no work folder, no leftover
