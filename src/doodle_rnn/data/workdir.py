@@ -26,10 +26,11 @@ from doodle_rnn.data.formats import detect_format
 from doodle_rnn.data.shards import ShardInfo, file_identity
 from doodle_rnn.errors import DoodleError
 
-# Cache bytes per input byte, measured on the real wide1k + wide5k-rest drawings (gzip: 2.1-2.2; the same
-# lines uncompressed, ~420 bytes each: 0.64) and rounded up; official lines, which also carry a timestamp
-# and a country, come out lower. The spill files add ~15% (records and key_ids) while the merge runs.
-CACHE_PER_INPUT_BYTE = {"ndjson.gz": 2.5, "ndjson": 0.75, "csv": 0.75, "csv.gz": 2.5, "npz": 1.2}
+# Cache bytes per input byte of ndjson or CSV text, measured on the real wide1k + wide5k-rest drawings
+# (~420 bytes a line: 0.64) and rounded up; official lines, which also carry a timestamp and a country,
+# come out lower. Gzip files are counted by the uncompressed size their trailer records.
+CACHE_PER_TEXT_BYTE = 0.75
+CACHE_PER_NPZ_BYTE = 1.2
 SPILL_OVERHEAD = 1.15
 FREE_BYTES_ENV = "DOODLE_PREPARE_FREE_BYTES"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -65,13 +66,27 @@ def check_space(folder: Path, need: float, what: str) -> None:
 
 
 def estimate_cache_bytes(files: list[Path]) -> float:
-    """Disk a prepare of these inputs needs at its peak, from typical cache/input size ratios."""
+    """Disk a prepare of these inputs needs at its peak, from the measured cache/text size ratio."""
     total = 0.0
     for f in files:
-        name = f.name.lower()
-        kind = detect_format(f) + (".gz" if name.endswith(".gz") else "")
-        total += f.stat().st_size * CACHE_PER_INPUT_BYTE.get(kind, 1.0)
+        if detect_format(f) == "npz":
+            total += f.stat().st_size * CACHE_PER_NPZ_BYTE
+        else:
+            total += _text_bytes(f) * CACHE_PER_TEXT_BYTE
     return total * SPILL_OVERHEAD
+
+
+def _text_bytes(path: Path) -> int:
+    """Bytes of text in `path`: for gzip, the trailer's size (mod 4 GiB, so raised past the packed size)."""
+    size = path.stat().st_size
+    if not path.name.lower().endswith(".gz") or size < 18:
+        return size
+    with open(path, "rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        text = int.from_bytes(fh.read(4), "little")
+    while text < size:
+        text += 1 << 32
+    return text
 
 
 def is_disk_full(exc: BaseException) -> bool:
