@@ -211,6 +211,32 @@ def plot(results: dict, path: Path) -> None:
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} KB)")
 
 
+def table(results: dict) -> str:
+    """The docs' markdown table from a results file."""
+    head = (
+        "| input | drawings | prepare: wall, peak RSS (largest process / all processes) | cache on disk "
+        "| train: start-up + 50 steps, peak RSS | eval: 100,000 test drawings, peak RSS |"
+    )
+    lines = [head, "| --- | --- | --- | --- | --- | --- |"]
+    for size, r in results["sizes"].items():
+        p, t, e = r.get("prepare"), r.get("train"), r.get("eval")
+        kind = "real + synthetic" if r.get("synthetic") else "real"
+        cells = [
+            f"{size} ({kind})",
+            f"{p['drawings']:,}" if p else "",
+            f"{p['wall_s'] / 60:.1f} min ({p['drawings_per_s']:,}/s), {p['peak_rss_mb']} / {p['peak_tree_rss_mb']} MB"
+            if p
+            else "not run",
+            f"{p['cache_mb'] / 1000:.2f} GB" if p else "",
+            f"{t['wall_s']:.0f} s, {t['peak_tree_rss_mb'] / 1000:.2f} GB ({t['validation']})"
+            if t
+            else "not run",
+            f"{e['wall_s']:.0f} s, {e['peak_tree_rss_mb'] / 1000:.2f} GB" if e else "not run",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bigdata", type=Path, default=Path("/work/bigdata"), help="generated inputs and caches")
@@ -225,9 +251,13 @@ def main() -> None:
         "--generate", action="store_true", help="make the synthetic parts first (skips done files)"
     )
     ap.add_argument("--plot", type=Path, metavar="RESULTS", help="draw docs/images/scale.png from RESULTS")
+    ap.add_argument("--table", type=Path, metavar="RESULTS", help="print the docs' markdown table of RESULTS")
     args = ap.parse_args()
     if args.plot:
         plot(json.loads(args.plot.read_text()), ROOT / "docs" / "images" / "scale.png")
+        return
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
         return
     if args.generate:
         parts = [f"--part={p}:{n}" for p, n in PARTS.items()]
