@@ -11,8 +11,9 @@ and the peak of the summed RSS of the whole process tree (sampled from /proc eve
 
 Steps per size:
   prepare  `doodle prepare --data ... --classes all --encoding stroke3 --jobs 2` -> cache size on disk
-  train    `doodle train --max-steps 50 --batch-size 192 --device cpu` (start-up + 50 steps + what the
-           trainer does at the end; with --val-max when the trainer has it, else the whole val split)
+  train    `doodle train --max-steps 50 --batch-size 192 --device cpu` (start-up + 50 steps + one
+           validation of 10,000 val drawings, `--val-max 10000 --no-final-val`, where the trainer has
+           them; else its validation of the whole val split)
   eval     one `doodle eval` pass over 100,000 test drawings (its limit flag when it has one, else a
            cache of the first 100,000 test drawings cut from the big one, and the pass is over that)
 
@@ -137,9 +138,11 @@ def bench_train(size: str, work: Path, steps: int) -> dict:
     val = _has_flag("train", "--val-max")
     if val:
         cmd += ["--val-max", "10000"]
+    if _has_flag("train", "--final-val"):  # the whole val split is the eval column's job, not start-up's
+        cmd += ["--no-final-val"]
     r = measure(cmd, work / f"train-{size}.log")
     r["steps"] = steps
-    r["validation"] = "--val-max 10000" if val else "whole val split"
+    r["validation"] = "10,000 val drawings" if val else "whole val split"
     return r
 
 
