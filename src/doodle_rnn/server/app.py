@@ -376,7 +376,10 @@ def _result(p: Prediction, clf: Classifier, view: bool) -> dict:
 
 # --------------------------------------------------------------------------------------- app
 def create_app(
-    checkpoint_path: str | Path | ModelFile, limits: Limits | None = None, backend: str = "auto", shipped: bool = True
+    checkpoint_path: str | Path | ModelFile,
+    limits: Limits | None = None,
+    backend: str = "auto",
+    shipped: bool = True,
 ) -> FastAPI:
     """The app for a model (`.pt` checkpoint, exported `.onnx`, a shipped model's name, or a `ModelFile`
     already read by `model_files.open_model`), its default.
