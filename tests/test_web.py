@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 import pytest
 from test_inference import SHARED
-from test_page import ARGS, CHROMIUM, announcing, browser, replay, settle, shown  # noqa: F401 - fixtures
+from test_page import ARTIFACTS, CHROMIUM, announcing, browser, replay, settle, shown  # noqa: F401 - fixtures
 from test_server import running_server
 
 from doodle_rnn.data.encode import ENCODINGS, LengthRules, encode_batch
@@ -250,7 +250,7 @@ def test_shipped_models_top1_on_held_out_drawings_equals_python(lab, site):
 
 
 # ------------------------------------------------------------------------------ the page, served by a file server
-def _play(browser, url: str, drawing: list) -> tuple[list, list, list]:  # noqa: F811
+def _play(browser, url: str, drawing: list, screenshot: str = "") -> tuple[list, list, list]:  # noqa: F811
     """Replay `drawing` on the page at `url`: per stroke the guesses shown and the announcement; requests."""
     ctx = browser.new_context(viewport={"width": 1100, "height": 760})
     ctx.set_default_timeout(120_000)
@@ -277,6 +277,9 @@ def _play(browser, url: str, drawing: list) -> tuple[list, list, list]:  # noqa:
 
     replay(page, drawing, after_stroke)
     info = page.locator("[data-testid=model-info]").inner_text()
+    if screenshot:  # README's picture of the static page (docs/images/web_page.png)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
     ctx.close()
     assert not errors, errors
     return guesses, announced, [seen, info]
@@ -289,7 +292,7 @@ def test_exported_page_replays_a_real_drawing_like_doodle_serve(browser, site_ur
     drawing = announcing[1]
     with running_server(create_app("animals10")) as served:
         want, want_said, (_, served_info) = _play(browser, served, drawing)
-    got, said, (requests, info) = _play(browser, site_url, drawing)
+    got, said, (requests, info) = _play(browser, site_url, drawing, "web_page.png")
     assert said == want_said and "I know: it's a cow!" in said and said[-1] is not None
     for g, w in zip(got, want, strict=True):
         assert [c for c, _ in g] == [c for c, _ in w]
