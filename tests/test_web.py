@@ -76,12 +76,17 @@ def site(tmp_path_factory) -> tuple[Path, dict]:
     return out, json.loads(r.stdout.splitlines()[0])
 
 
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # the standard handler, without a line per request
+        pass
+
+
 @contextmanager
 def file_server(folder: Path) -> Iterator[str]:
     """`python -m http.server -d folder`, in a thread: the standard library's plain file server."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *a: None  # type: ignore[method-assign]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -303,3 +308,30 @@ def test_exported_page_replays_a_real_drawing_like_doodle_serve(browser, site_ur
     assert {site_url + "/models/animals10.onnx", site_url + "/static/ort/ort-wasm-simd-threaded.wasm"} <= set(
         requests
     )
+
+
+@in_browser
+def test_stream_and_model_view_match_the_python_classifier(lab, site, announcing):  # noqa: F811
+    """The README's use of doodle.js: a stream fed point by point answers as `predict` on its strokes and as
+    Python's `StreamSession` (confident, announced through undo); `modelView` is Python's `model_view`."""
+    raw = announcing[1]  # a held-out cow that animals10 calls before its last stroke
+    got = in_page(lab, """async (d) => { const r = await dj.Recognizer.load('models/animals10.onnx');
+        const live = r.stream(); const answers = [];
+        for (const s of d) { s[0].forEach((x, i) => live.addPoint(x, s[1][i], s[2][i])); live.endStroke();
+                             answers.push(await live.predict(3)); }
+        const whole = await r.predict(live.strokes, 3); live.undo(); const after = await live.predict(3);
+        return {answers, whole, after, view: r.modelView(d)}; }""", raw)  # fmt: skip
+    clf = Classifier.load(site[0] / "models" / "animals10.onnx")
+    live = clf.stream()
+    for s, answer in zip(raw, got["answers"], strict=True):
+        for x, y, t in zip(*s, strict=True):
+            live.add_point(x, y, t)
+        live.end_stroke()
+        want = live.predict(3)
+        assert [c for c, _ in answer["top"]] == [c for c, _ in want]
+        assert [p for _, p in answer["top"]] == pytest.approx([p for _, p in want], abs=1e-4)
+        assert (answer["confident"], answer["announced"]) == (want.confident, want.announced)
+    assert got["whole"] == got["answers"][-1]["top"]
+    live.undo()
+    assert got["after"]["announced"] == live.predict(3).announced == "cow"  # a call is never taken back
+    assert got["view"] == clf.model_view(raw)
