@@ -78,8 +78,8 @@ def export_site(
         raise WebExportError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     out = Path(out)
     _check_target(out)
-    dist = ort_dist(ort_dir)
     models = [open_model(s) for s in specs]  # resolved and read once; every error before any writing
+    dist = ort_dist(ort_dir)
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise WebExportError(f"two models share a name ({', '.join(names)}); a site offers each name once")
