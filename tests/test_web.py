@@ -335,3 +335,36 @@ def test_stream_and_model_view_match_the_python_classifier(lab, site, announcing
     live.undo()
     assert got["after"]["announced"] == live.predict(3).announced == "cow"  # a call is never taken back
     assert got["view"] == clf.model_view(raw)
+
+
+@in_browser
+def test_exported_page_plays_the_game_and_switches_models_in_page(browser, site_url):  # noqa: F811
+    """The game draws its targets from the model's classes and the select loads the other model, all in
+    the page: the file server is never asked for an API path."""
+    ctx = browser.new_context(viewport={"width": 1100, "height": 760})
+    ctx.set_default_timeout(120_000)
+    page = ctx.new_page()
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url))
+    page.goto(site_url + "/")
+    page.evaluate("window.doodle.modelLoaded")
+    assert (
+        page.locator("[data-testid=model-select] option")
+        .all_inner_texts()[1]
+        .startswith("quickdraw · 338 classes")
+    )
+    page.click("[data-testid=mode-game]")
+    page.wait_for_function("window.doodle.game.active && window.doodle.game.attempts === 1")
+    animals = json.loads(page.evaluate("fetch('models/animals10.json').then((r) => r.text())"))["classes"]
+    assert page.locator("[data-testid=game-target]").inner_text() in animals
+    page.select_option("[data-testid=model-select]", "quickdraw")
+    page.wait_for_function("window.doodle.model.name === 'quickdraw' && window.doodle.game.attempts === 2")
+    quickdraw = json.loads(page.evaluate("fetch('models/quickdraw.json').then((r) => r.text())"))["classes"]
+    assert page.locator("[data-testid=game-target]").inner_text() in quickdraw
+    assert (
+        page.locator("[data-testid=model-info]")
+        .inner_text()
+        .startswith("Model: quickdraw · test top-1 71.4%")
+    )
+    ctx.close()
+    assert site_url + "/models/quickdraw.onnx" in asked and not [u for u in asked if "/api/" in u]
