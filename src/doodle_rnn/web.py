@@ -149,12 +149,13 @@ def _write_model(model: ModelFile, folder: Path, precision: str) -> dict:
     (folder / f"{model.name}.json").write_text(json.dumps(card))
     meta_card = model.meta.get("card") or {}
     test = meta_card.get("test") if isinstance(meta_card.get("test"), dict) else {}
+    shipped = _shipped_descriptions().get(model.path.resolve())
     listing = {
         "name": model.name,
         "file": f"models/{file.name}",
         "classes": len(model.meta["classes"]),
-        "shipped": bool(meta_card),
-        "description": "",
+        "shipped": shipped is not None,
+        "description": shipped or "",
         "loaded": False,
         "test": {k: test[k] for k in ("top1", "top3", "n_drawings", "data") if k in test},
     }
@@ -163,6 +164,13 @@ def _write_model(model: ModelFile, folder: Path, precision: str) -> dict:
     report = {"name": model.name, "bytes": len(data), "precision": precision,
               "max_abs_prob_diff_vs_fp32": _prob_change(graph, written, model.meta)}  # fmt: skip
     return {"listing": listing, "report": report}
+
+
+def _shipped_descriptions() -> dict[Path, str]:
+    """file -> one-line description of every installed shipped model (as GET /api/models lists them)."""
+    from doodle_rnn.server.models import shipped_on_disk
+
+    return {path.resolve(): description for path, description in shipped_on_disk().values()}
 
 
 def _prob_change(reference, written, meta: dict, n: int = 64) -> float:

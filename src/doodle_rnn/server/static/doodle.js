@@ -253,7 +253,7 @@ export class Recognizer {
    * or the card itself. `options.ortUrl`: where ONNX Runtime Web is (default: ./ort/ beside doodle.js).
    */
   static async load(url, options = {}) {
-    const base = new URL(url, document.baseURI);
+    const base = new URL(url, globalThis.document?.baseURI ?? globalThis.location?.href);
     const cardUrl = new URL(base.pathname.replace(/\.onnx$/, ".json"), base);
     const card = await fetchOk(cardUrl).then((r) => r.json());
     const [ort, bytes] = await Promise.all([
