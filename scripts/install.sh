@@ -13,4 +13,11 @@ fi
 .venv/bin/python -m pip install -q --upgrade "pip>=24,<27"
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test]"
+# ONNX Runtime Web for `doodle export --web` (pinned in package.json / package-lock.json; MIT).
+if command -v npm >/dev/null 2>&1; then
+  npm ci --no-audit --no-fund --ignore-scripts --loglevel=error \
+    || echo "warning: npm ci failed; doodle export --web and its browser tests will be skipped" >&2
+else
+  echo "warning: npm not found; doodle export --web and its browser tests will be skipped" >&2
+fi
 echo "installed: $(.venv/bin/python -c 'import doodle_rnn, torch; print("doodle-rnn", doodle_rnn.__version__, "torch", torch.__version__)')"
