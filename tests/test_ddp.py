@@ -28,7 +28,7 @@ def test_torchrun_two_cpu_ranks(tmp_path: Path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "doodle_rnn", "train", "--data", str(tmp_path / "cache"),
            "--out", str(run), "--epochs", "2", "--hidden-size", "16", "--batch-size", "16", "--max-steps", "12",
-           "--log-every", "4", "--device", "cpu"]  # fmt: skip
+           "--log-every", "4", "--device", "cpu", "--save-every-steps", "5"]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     # only rank 0 prints and writes
@@ -42,6 +42,9 @@ def test_torchrun_two_cpu_ranks(tmp_path: Path):
     # validation covered the whole val split once, summed over both ranks
     n_val = json.loads((tmp_path / "cache" / "manifest.json").read_text())["split_counts"]["val"]
     assert epochs[0]["val_n"] == n_val
+    # and best.pt's measurement on the whole split is logged once at the end (here: the same rows)
+    full = [x for x in recs if x["kind"] == "val_full"]
+    assert len(full) == 1 and full[0]["val_n"] == n_val and full[0]["val_loss"] == epochs[0]["val_loss"]
     batch_recs = [x for x in recs if x["kind"] == "batch"]
     assert [b["batch"] for b in batch_recs] == [4, 8, 12]
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
