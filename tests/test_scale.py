@@ -146,6 +146,9 @@ def test_val_subset_is_fixed_by_the_seed_and_the_whole_split_is_measured_at_the_
     assert r.returncode == 0, r.stderr
     again = [x for x in _records(run) if x["kind"] == "val_full"]
     assert again == full
+    # another subset on resume is said to compare other drawings (nothing to train: 2 epochs are done)
+    r = _train_cli(*[a if a != "40" else "30" for a in args], "--resume")
+    assert r.returncode == 0 and "judged on 40 val drawings, these on another 30" in r.stderr, r.stderr
 
 
 def test_resume_from_inside_an_epoch_equals_an_uninterrupted_run(cache, tmp_path):

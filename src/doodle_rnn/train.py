@@ -340,7 +340,7 @@ class TrainRun:
     stop_reason: str = "epochs"
     bf16_speedup: float | None = None  # measured bf16/fp32 product ratio (CPU with --amp), see _bf16_speedup
     val_all: np.ndarray | None = None  # the whole val split (val_idx: the per-epoch subset of it)
-    resume_at: dict | None = None  # from a mid-epoch last.pt: where in its epoch to continue (`_InEpoch`)
+    resume_at: dict | None = None  # a mid-epoch last.pt's train_state["in_epoch"]: where to continue
 
 
 @dataclass
@@ -536,6 +536,7 @@ def _restore(run: TrainRun, ckpt: dict) -> None:
     run.resume_at = ts.get("in_epoch")
     if run.resume_at is not None:
         _check_same_batches(run, ts)
+    _warn_if_val_changes(run, ts["config"])
     if run.d.main:
         where = (
             f"in epoch {run.start_epoch} after batch {run.resume_at['batches_done']}"
@@ -543,6 +544,21 @@ def _restore(run: TrainRun, ckpt: dict) -> None:
             else f"after epoch {ts['epoch']}"
         )
         print(f"resumed from {run.out / 'last.pt'} {where} (step {run.global_step})", flush=True)
+
+
+def _warn_if_val_changes(run: TrainRun, old: dict) -> None:
+    """Epochs before and after a resume are compared by val loss: say so when they are judged on other
+    drawings (another --val-max or --seed; runs from before --val-max validated on the whole split)."""
+    before = val_subset(run.val_all, old.get("val_max"), old.get("seed", run.cfg.seed))
+    if not run.d.main or np.array_equal(before, run.val_idx):
+        return
+    print(
+        f"warning: the epochs before this resume were judged on {len(before):,} val drawings, these on another "
+        f"{len(run.val_idx):,} (--val-max {run.cfg.val_max}, --seed {run.cfg.seed}): their val losses (early "
+        "stopping, best.pt) compare other drawings; resume with the old --val-max and --seed to avoid that",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _check_same_batches(run: TrainRun, ts: dict) -> None:
