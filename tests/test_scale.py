@@ -19,6 +19,7 @@ from doodle_rnn.data.batches import rank_share, share_size, steps_per_rank
 from doodle_rnn.data.cache import DoodleCache, PrepareConfig, prepare_cache
 from doodle_rnn.data.synthetic import write_ndjson_per_class
 from doodle_rnn.data.tiled import tile_cache
+from doodle_rnn.tensors import pad_features
 from doodle_rnn.train import Dist, evaluate, train_batches, val_subset
 
 
@@ -194,3 +195,34 @@ def test_resume_from_inside_an_epoch_equals_an_uninterrupted_run(cache, tmp_path
                        capture_output=True, text=True)  # fmt: skip
     r = _train_cli(*args, "--out", str(tmp_path / "c2"), "--resume", "--batch-size", "32")
     assert r.returncode != 0 and "batch_size 16 -> 32" in r.stderr and "error" in r.stderr
+
+
+def test_eval_max_drawings_measures_a_fixed_recorded_subset(cache, tmp_path):
+    run = tmp_path / "run"
+    r = _train_cli("--data", str(cache), "--out", str(run), "--epochs", "1", "--hidden-size", "16",
+                   "--num-threads", "1", "--no-amp")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    c = DoodleCache(cache)
+    test = c.split_indices("test")
+
+    def ev(out: str, *more: str) -> dict:
+        r = subprocess.run([sys.executable, "-m", "doodle_rnn", "eval", "--checkpoint", str(run / "best.pt"),
+                            "--data", str(cache), "--out", str(tmp_path / out), "--no-early", *more],
+                           capture_output=True, text=True)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return json.loads((tmp_path / out / "summary.json").read_text())
+
+    a, b = ev("a", "--max-drawings", "50"), ev("b", "--max-drawings", "50")
+    assert a["n_drawings"] == 50 and a["metrics"] == b["metrics"]  # the same subset every time
+    assert a["data"]["sample"] == {"drawings": 50, "of": len(test), "rule": a["data"]["sample"]["rule"]}
+    assert "default_rng(0)" in a["data"]["sample"]["rule"]
+    assert "default_rng(0)" in (tmp_path / "a" / "report.html").read_text()
+    # the subset's top-1, counted independently: the drawings named by the rule
+    pick = test[np.sort(np.random.default_rng(0).choice(len(test), 50, replace=False))]
+    model = build_model(load_checkpoint(run / "best.pt"))
+    x, lengths = pad_features(*c.batch_steps(pick))
+    with torch.no_grad():
+        top1 = (model(x, lengths).argmax(1).numpy() == c.labels[pick]).mean()
+    assert a["metrics"]["top1"] == pytest.approx(top1, abs=1e-12)
+    whole = ev("c")
+    assert whole["n_drawings"] == len(test) and "sample" not in whole["data"]

@@ -28,7 +28,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -308,6 +308,21 @@ def load_eval_data(
             "(leave --split out, or prepare a cache with `doodle prepare`)"
         )
     return _from_files(inputs, ckpt, recognized_only)
+
+
+def sample_eval_data(ev: EvalData, max_drawings: int | None, seed: int = 0) -> EvalData:
+    """`ev` cut to a fixed random subset of at most `max_drawings` drawings (numpy default_rng(seed),
+    without replacement, kept in data order), recorded in its identity; the whole of it otherwise.
+
+    A test split of 5 million drawings takes ~45 minutes at 2,000 drawings/s on a CPU; 100,000 of them
+    give top-1 within ~0.2 points (one standard error at 90%) in a minute."""
+    n = len(ev.indices)
+    if not max_drawings or n <= max_drawings:
+        return ev
+    pick = np.sort(np.random.default_rng(seed).choice(n, max_drawings, replace=False))
+    rule = f"a random subset of {max_drawings:,} of {n:,} (numpy default_rng({seed}), without replacement); --max-drawings"
+    identity = ev.identity | {"sample": {"drawings": int(max_drawings), "of": int(n), "rule": rule}}
+    return replace(ev, indices=ev.indices[pick], labels=ev.labels[pick], identity=identity)
 
 
 def _class_map(
@@ -609,10 +624,11 @@ def load_model(checkpoint: str | Path):
 def run_evaluation(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path, split: str | None = None,
                    batch_size: int = 1024, device: str = "auto", recognized_only: bool = True,
                    progress: bool = False, early: bool = True, early_max: int | None = 5000,
-                   num_threads: int | None = None) -> dict:  # fmt: skip
+                   num_threads: int | None = None, max_drawings: int | None = None) -> dict:  # fmt: skip
     """`doodle eval`: load, predict, measure, plot, and write DIR/summary.json + DIR/report.html.
 
     early: also measure the early-guessing curve (`early_guessing_of`) on up to `early_max` drawings.
+    max_drawings: evaluate a fixed random subset of at most this many (`sample_eval_data`).
     """
     from doodle_rnn import plots, report
     from doodle_rnn.devices import pick_device
@@ -626,7 +642,7 @@ def run_evaluation(checkpoint: str | Path, inputs: Sequence[str | Path], out: st
         raise EvalError(str(exc)) from exc
     ckpt, model = load_model(checkpoint)
     dev = pick_device(device)
-    ev = load_eval_data(inputs, ckpt, split, recognized_only)
+    ev = sample_eval_data(load_eval_data(inputs, ckpt, split, recognized_only), max_drawings)
     if len(ev.indices) == 0:
         raise EvalError(f"no drawings to evaluate in split {split or 'test'} of {inputs[0]}")
     use_threads(num_threads, len(ev.indices))  # small jobs: one thread (see threads.py)
