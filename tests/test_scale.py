@@ -226,3 +226,35 @@ def test_eval_max_drawings_measures_a_fixed_recorded_subset(cache, tmp_path):
     assert a["metrics"]["top1"] == pytest.approx(top1, abs=1e-12)
     whole = ev("c")
     assert whole["n_drawings"] == len(test) and "sample" not in whole["data"]
+
+
+READ_AND_REPORT = r"""
+import sys, numpy as np
+from doodle_rnn.data.cache import DoodleCache
+def file_kb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("RssFile")).split()[1])
+c = DoodleCache(sys.argv[1])
+rng = np.random.default_rng(0)
+c.batch_steps(rng.choice(len(c), 64, replace=False))  # warm-up: the file opened, library code paged in
+before = file_kb()
+for _ in range(200):
+    c.batch_steps(rng.choice(len(c), 64, replace=False))
+print(file_kb() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssFile from /proc (Linux)")
+def test_reading_drawings_maps_no_cache_pages_into_the_process(cache, tmp_path):
+    tile_cache(cache, tmp_path / "big", 60_000)
+    c = DoodleCache(tmp_path / "big")
+    rows = np.random.default_rng(1).choice(len(c), 300)
+    steps, lens = c.batch_steps(rows)
+    ref = np.concatenate([np.asarray(c.steps[c.offsets[i] : c.offsets[i + 1]]) for i in rows])
+    assert np.array_equal(steps, ref) and lens.tolist() == np.diff(c.offsets)[rows].tolist()
+    assert np.array_equal(c.steps_of(int(rows[0])), ref[: lens[0]]) and steps.flags.writeable
+    # 12,800 random drawings read: through the mapping that mapped MBs of page cache into the process
+    r = subprocess.run(
+        [sys.executable, "-c", READ_AND_REPORT, str(tmp_path / "big")], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) < 1024, f"{r.stdout} KB of file pages mapped"

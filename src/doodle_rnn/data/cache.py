@@ -399,7 +399,11 @@ class DoodleCache:
     """A prepared cache, memory-mapped: opening it costs little, whatever its size.
 
     The steps, offsets and key_ids stay on disk, mapped (the OS pages in what is read); what is held
-    is a few bytes a drawing: its length (int16), label (int16) and split (uint8).
+    is a few bytes a drawing: its length (int16), label (int16) and split (uint8). Drawings are read
+    with `pread` (`batch_steps`), not through the mapping: on Linux 6.x a read through a mapping maps
+    the whole page-cache folio around it into the process, up to ~1 MB a drawing on a freshly written
+    cache (10,000 random drawings of a 12 GB cache: 5.3 GB of resident file pages, and slower: 4-26 ms
+    against 2.4-3.4 ms a batch of 192), while `pread` copies just the drawing's bytes.
     """
 
     def __init__(self, path: str | Path):
@@ -427,6 +431,7 @@ class DoodleCache:
         self.encoding: str = self.manifest["encoding"]
         self.length_rules = LengthRules(**self.manifest["length_rules"])
         self.lengths = _lengths(self.offsets, self.length_rules.max_len)
+        self._file = None  # steps.npy opened for pread on first use
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -441,10 +446,32 @@ class DoodleCache:
         return np.flatnonzero(self.splits == SPLITS.index(split)).astype(dtype, copy=False)
 
     def steps_of(self, i: int) -> np.ndarray:
-        return np.asarray(self.steps[self.offsets[i] : self.offsets[i + 1]])
+        return self.batch_steps(np.array([i]))[0]
 
     def features_of(self, i: int) -> np.ndarray:
         return steps_to_features(self.steps_of(i))
 
     def batch_steps(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return gather_steps(self.steps, self.offsets, indices)
+        """Concatenated steps of drawings `indices` and their lengths, each drawing read straight into
+        the output array (see the class docstring for why not through the mapping)."""
+        if not hasattr(os, "preadv"):  # Windows: through the mapping
+            return gather_steps(self.steps, self.offsets, indices)
+        indices = np.asarray(indices, dtype=np.int64)
+        starts = np.asarray(self.offsets[indices])
+        lens = np.asarray(self.offsets[indices + 1]) - starts
+        out = np.empty((int(lens.sum()), 3), dtype=self.steps.dtype)
+        if len(out):
+            self._read_into(out, starts, lens)
+        return out, lens
+
+    def _read_into(self, out: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> None:
+        if self._file is None:  # opened on first use, closed with the cache
+            self._file = open(self.path / "steps.npy", "rb", buffering=0)  # noqa: SIM115
+        fd, row, base = self._file.fileno(), out.strides[0], self.steps.offset
+        view, pos = memoryview(out).cast("B"), 0
+        for s, n in zip(starts.tolist(), (lens * row).tolist(), strict=True):
+            if os.preadv(fd, [view[pos : pos + n]], base + s * row) != n:
+                raise CacheError(
+                    f"{self.path / 'steps.npy'} is shorter than its offsets say; prepare the cache again"
+                )
+            pos += n
