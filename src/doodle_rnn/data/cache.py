@@ -395,6 +395,18 @@ def _lengths(offsets: np.ndarray, max_len: int, chunk: int = 1 << 22) -> np.ndar
     return out
 
 
+def _rows_equal(values: np.ndarray, k: int, dtype, chunk: int = 1 << 22) -> np.ndarray:
+    """Rows where `values == k`, ascending, found chunk by chunk straight into one `dtype` array: no
+    int64 copy of the whole split on the way (a 40 M-row split: 160 MB at the peak, not 480 MB)."""
+    starts = range(0, len(values), chunk)
+    counts = [int(np.count_nonzero(values[s : s + chunk] == k)) for s in starts]
+    out, pos = np.empty(sum(counts), dtype=dtype), 0
+    for s, c in zip(starts, counts, strict=True):
+        out[pos : pos + c] = np.flatnonzero(values[s : s + chunk] == k) + s
+        pos += c
+    return out
+
+
 class DoodleCache:
     """A prepared cache, memory-mapped: opening it costs little, whatever its size.
 
@@ -443,7 +455,7 @@ class DoodleCache:
             return np.arange(len(self), dtype=dtype)
         if split not in SPLITS:
             raise CacheError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)} or all")
-        return np.flatnonzero(self.splits == SPLITS.index(split)).astype(dtype, copy=False)
+        return _rows_equal(self.splits, SPLITS.index(split), dtype)
 
     def steps_of(self, i: int) -> np.ndarray:
         return self.batch_steps(np.array([i]))[0]
