@@ -105,6 +105,20 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _rng_states_of_ranks(d: Dist, device: torch.device) -> list[dict] | None:
+    """Every rank's RNG state, gathered (a collective: all ranks call it); None in one process.
+
+    Ranks draw different dropout masks (their batches differ in shape), so a resumed data-parallel
+    run continues exactly only when each rank gets its own state back."""
+    if d.world <= 1:
+        return None
+    import torch.distributed as dist
+
+    states: list = [None] * d.world
+    dist.all_gather_object(states, _rng_state(device))
+    return states
+
+
 # ---------------------------------------------------------------- one pass
 
 
@@ -532,7 +546,8 @@ def _restore(run: TrainRun, ckpt: dict) -> None:
     run.scaler.load_state_dict(ts["scaler"])
     run.start_epoch, run.global_step = ts["epoch"] + 1, ts["global_step"]
     run.best, run.bad_epochs = dict(ts["best"]), ts["bad_epochs"]
-    _set_rng_state(ts["rng"], run.device)
+    ranks = ts.get("rng_ranks")
+    _set_rng_state(ranks[run.d.rank] if ranks and len(ranks) == run.d.world else ts["rng"], run.device)
     run.resume_at = ts.get("in_epoch")
     if run.resume_at is not None:
         _check_same_batches(run, ts)
@@ -714,8 +729,9 @@ def _end_epoch(run: TrainRun, epoch: int, stats: _EpochStats, t0: float) -> bool
         f"{secs:.1f}s" + (" *" if improved else ""),
         rec,
     )
+    rng_ranks = _rng_states_of_ranks(run.d, run.device)
     if run.d.main:
-        _save_checkpoints(run, rec, improved, stopped)
+        _save_checkpoints(run, rec, improved, stopped, rng_ranks)
     return stopped
 
 
@@ -728,33 +744,37 @@ def _checkpoint(run: TrainRun, metrics: dict) -> dict:
     )  # fmt: skip
 
 
-def _train_state(run: TrainRun, epoch_done: int, stopped: bool) -> dict:
+def _train_state(run: TrainRun, epoch_done: int, stopped: bool, rng_ranks: list[dict] | None) -> dict:
     """All that --resume needs besides the weights, after `epoch_done` complete epochs."""
     return {
         "epoch": epoch_done, "global_step": run.global_step, "optimizer": run.opt.state_dict(),
         "scheduler": run.sched.state_dict(), "scaler": run.scaler.state_dict(), "best": run.best,
-        "bad_epochs": run.bad_epochs, "rng": _rng_state(run.device), "stopped": stopped,
-        "stop_reason": run.stop_reason, "config": asdict(run.cfg),
+        "bad_epochs": run.bad_epochs, "rng": _rng_state(run.device), "rng_ranks": rng_ranks,
+        "stopped": stopped, "stop_reason": run.stop_reason, "config": asdict(run.cfg),
     }  # fmt: skip
 
 
-def _save_checkpoints(run: TrainRun, rec: dict, improved: bool, stopped: bool) -> None:
+def _save_checkpoints(
+    run: TrainRun, rec: dict, improved: bool, stopped: bool, rng_ranks: list | None
+) -> None:
     """RUN_DIR/best.pt when validation improved, and RUN_DIR/last.pt with all that --resume needs."""
     metrics = {**{k: rec[k] for k in ("epoch", "step", "val_loss", "val_acc1", "val_acc3")}, "best": run.best}
     ckpt = _checkpoint(run, metrics)
     if improved:
         save_checkpoint({**ckpt, "metrics": {**run.best, "best": run.best}}, run.out / "best.pt")
-    ckpt["train_state"] = _train_state(run, rec["epoch"], stopped)
+    ckpt["train_state"] = _train_state(run, rec["epoch"], stopped, rng_ranks)
     save_checkpoint(ckpt, run.out / "last.pt")
 
 
 def _save_in_epoch(run: TrainRun, epoch: int, batches_done: int, sums: list[float], seconds: float) -> None:
     """--save-every-steps: RUN_DIR/last.pt inside `epoch`, after `batches_done` of its batches (a step
-    boundary), with the epoch's running sums (over all ranks), so that --resume continues exactly here."""
+    boundary), with the epoch's running sums (over all ranks), so that --resume continues exactly here.
+    All ranks call it (they gather their RNG states); rank 0 writes."""
+    rng_ranks = _rng_states_of_ranks(run.d, run.device)
     if not run.d.main:
         return
     ckpt = _checkpoint(run, {"epoch": epoch - 1, "step": run.global_step, "best": run.best})
-    ckpt["train_state"] = _train_state(run, epoch - 1, stopped=False) | {
+    ckpt["train_state"] = _train_state(run, epoch - 1, False, rng_ranks) | {
         "in_epoch": {"epoch": epoch, "batches_done": batches_done, "loss_sum": sums[0], "correct": sums[1],
                      "seen": sums[2], "train_seconds": seconds, "world": run.d.world},
     }  # fmt: skip
