@@ -17,8 +17,13 @@ then `--steps` training steps of batch 192, then one validation pass as `doodle 
 per epoch (`--no-val` leaves it out: the old code validates the whole val split). It prints one
 JSON line per run with the seconds of each phase, the child's peak RSS (ru_maxrss), and after each
 phase its resident memory split into its own (RssAnon) and the cache's file pages it has mapped
-(RssFile: clean pages of the page cache, which the kernel takes back under memory pressure; Linux
-maps up to 64 KB around each page read, so 20,000 random drawings map ~1 GB of them).
+(RssFile: clean pages of the page cache, which the kernel takes back under memory pressure).
+
+    # reading random batches of drawings: through the memory mapping (old) vs preadv (new)
+    python benchmarks/bench_train_scale.py gather --cache C --batch 192 --batches 50 [--warm]
+
+`gather` prints, per fresh process, ms per batch and the file pages the reads left mapped; `--warm`
+reads every batch once first (a small cache whose pages are all mapped already, as after an epoch).
 """
 
 from __future__ import annotations
@@ -66,6 +71,35 @@ print(json.dumps(out))
 """
 
 
+GATHER = r"""
+import json, sys, time, numpy as np
+from doodle_rnn.data.cache import DoodleCache, gather_steps
+def file_mb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("RssFile")).split()[1]) / 1024
+c, how, bs, n, warm = DoodleCache(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "warm"
+read = c.batch_steps if how == "preadv" else (lambda b: gather_steps(c.steps, c.offsets, b))
+rng = np.random.default_rng(int(sys.argv[6]))
+batches = [np.sort(rng.choice(len(c), bs, replace=False)) for _ in range(n)]
+if warm:  # every page read once before timing: the mapping's pages are mapped already
+    for b in batches: read(b)
+read(batches[0]); before = file_mb(); t = time.perf_counter()
+for b in batches: read(b)
+print(json.dumps({"how": how, "ms_per_batch": (time.perf_counter() - t) / n * 1000, "file_mb_mapped": file_mb() - before}))
+"""
+
+
+def gather(cache: Path, runs: int, batch: int, batches: int, warm: bool) -> None:
+    """Reading random batches of drawings: through the memory mapping (old) or with preadv (new),
+    each in a fresh process, alternating; ms per batch and the file pages it left mapped."""
+    for r in range(runs):
+        for how in ("mmap", "preadv"):
+            args = [str(cache), how, str(batch), str(batches), "warm" if warm else "cold", str(r)]
+            child = subprocess.run([sys.executable, "-c", GATHER, *args], capture_output=True, text=True)
+            if child.returncode:
+                raise SystemExit(child.stderr)
+            print(child.stdout.strip(), flush=True)
+
+
 def measure(cache: Path, pythons: list[str], runs: int, steps: int, val: bool) -> list[dict]:
     """Paired runs: for each run, every Python once, one after another (same load, same page cache)."""
     results = []
@@ -98,8 +132,16 @@ def main() -> int:
     s.add_argument("--runs", type=int, default=2)
     s.add_argument("--steps", type=int, default=5)
     s.add_argument("--no-val", dest="val", action="store_false")
+    g = sub.add_parser("gather", help="reading random batches: through the mapping vs preadv")
+    g.add_argument("--cache", type=Path, required=True)
+    g.add_argument("--runs", type=int, default=3)
+    g.add_argument("--batch", type=int, default=192)
+    g.add_argument("--batches", type=int, default=50)
+    g.add_argument("--warm", action="store_true", help="read every batch once before timing")
     a = p.parse_args()
-    if a.cmd == "make":
+    if a.cmd == "gather":
+        gather(a.cache, a.runs, a.batch, a.batches, a.warm)
+    elif a.cmd == "make":
         from doodle_rnn.data.tiled import tile_cache
 
         print(json.dumps(tile_cache(a.source, a.out, a.drawings)))
