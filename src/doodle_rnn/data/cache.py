@@ -412,10 +412,10 @@ class DoodleCache:
 
     The steps, offsets and key_ids stay on disk, mapped (the OS pages in what is read); what is held
     is a few bytes a drawing: its length (int16), label (int16) and split (uint8). Drawings are read
-    with `pread` (`batch_steps`), not through the mapping: on Linux 6.x a read through a mapping maps
-    the whole page-cache folio around it into the process, up to ~1 MB a drawing on a freshly written
-    cache (10,000 random drawings of a 12 GB cache: 5.3 GB of resident file pages, and slower: 4-26 ms
-    against 2.4-3.4 ms a batch of 192), while `pread` copies just the drawing's bytes.
+    with `preadv` (`batch_steps`), not through the mapping: on Linux 6.x a read through a mapping maps
+    the page-cache folio around it into the process (9,600 random drawings left 520 MB of file pages
+    resident on a 10 M-drawing cache, 5.3 GB on a freshly written 50 M one, and were slower there;
+    docs/benchmarks.md), while `preadv` copies just the drawing's bytes.
     """
 
     def __init__(self, path: str | Path):
