@@ -504,7 +504,7 @@ def evaluate_data(model, ev: EvalData, temperature: float = 1.0, batch_size: int
 
     device = device or torch.device("cpu")
     model.to(device)
-    label_of = _row_labels(ev.indices, ev.labels)
+    label_of = row_labels(ev.indices, ev.labels)
     acc = MetricAccumulator(len(ev.classes))
     restricted = len(ev.columns) < len(model.fc.weight)
     full_correct = 0
@@ -524,7 +524,7 @@ def evaluate_data(model, ev: EvalData, temperature: float = 1.0, batch_size: int
     return Predictions(rows, y, pred, conf, metrics, full_correct / max(len(rows), 1) if restricted else None)
 
 
-def _row_labels(indices: np.ndarray, labels: np.ndarray):
+def row_labels(indices: np.ndarray, labels: np.ndarray):
     """rows -> their evaluated labels, by binary search when `indices` ascend (a cache's split, files):
     nothing the size of the whole cache is allocated (an int64 per cache row was 400 MB at 50 M)."""
     if len(indices) < 2 or bool(np.all(indices[1:] > indices[:-1])):
