@@ -14,7 +14,7 @@ Steps per size:
   train    `doodle train --max-steps 50 --batch-size 192 --device cpu` (start-up + 50 steps + one
            validation of 10,000 val drawings, `--val-max 10000 --no-final-val`, where the trainer has
            them; else its validation of the whole val split)
-  eval     one `doodle eval` pass over 100,000 test drawings (its limit flag when it has one, else a
+  eval     one `doodle eval` pass over up to 100,000 test drawings (its limit flag when it has one, else a
            cache of the first 100,000 test drawings cut from the big one, and the pass is over that)
 
     python benchmarks/bench_scale.py --generate                   # make synth-a and synth-b (~14 GB)
@@ -141,9 +141,16 @@ def bench_train(size: str, work: Path, steps: int) -> dict:
     if _has_flag("train", "--final-val"):  # the whole val split is the eval column's job, not start-up's
         cmd += ["--no-final-val"]
     r = measure(cmd, work / f"train-{size}.log")
+    r["products"] = products_of(work / f"train-{size}.log")
     r["steps"] = steps
     r["validation"] = "10,000 val drawings" if val else "whole val split"
     return r
+
+
+def products_of(log: Path) -> str:
+    """fp32 or bf16: what the trainer chose by measuring at start (its 'GRU products' line)."""
+    line = next((x for x in log.read_text().splitlines() if x.startswith("GRU products:")), "")
+    return line.split(":", 1)[1].split("(")[0].strip() if line else "?"
 
 
 def bench_eval(size: str, work: Path) -> dict:
@@ -201,16 +208,18 @@ def plot(results: dict, path: Path) -> None:
         xs = [p[0] for p in pts]
         ax_t.plot(xs, [p[1]["wall_s"] / 60 for p in pts], style, label=step)
         ax_m.plot(xs, [p[1]["peak_tree_rss_mb"] / 1000 for p in pts], style, label=step)
-    for ax, label in ((ax_t, "wall minutes"), (ax_m, "peak RSS, GB (process tree)")):
+    ax_t.set_yscale("log")
+    for ax, label in ((ax_t, "wall minutes (log)"), (ax_m, "peak RSS, GB (all processes)")):
         ax.set_xscale("log")
         ax.set_xlabel("drawings in the cache (millions)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    ax_m.axhline(1.0, color="grey", ls=":", lw=1)
+    ax_m.axhline(1.0, color="grey", ls=":", lw=1, label="prepare's 1 GB bound")
+    ax_m.legend(fontsize=8)
     ax_t.legend(fontsize=8)
     fig.suptitle("doodle-rnn at scale (2-core shared VM, nice 10; train = start-up + 50 steps)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, optimize=True)
+    fig.savefig(path)
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} KB)")
 
 
@@ -218,7 +227,7 @@ def table(results: dict) -> str:
     """The docs' markdown table from a results file."""
     head = (
         "| input | drawings | prepare: wall, peak RSS (largest process / all processes) | cache on disk "
-        "| train: start-up + 50 steps, peak RSS | eval: 100,000 test drawings, peak RSS |"
+        "| train: start-up + 50 steps, peak RSS | eval: up to 100,000 test drawings, peak RSS |"
     )
     lines = [head, "| --- | --- | --- | --- | --- | --- |"]
     for size, r in results["sizes"].items():
@@ -231,10 +240,12 @@ def table(results: dict) -> str:
             if p
             else "not run",
             f"{p['cache_mb'] / 1000:.2f} GB" if p else "",
-            f"{t['wall_s']:.0f} s, {t['peak_tree_rss_mb'] / 1000:.2f} GB ({t['validation']})"
+            f"{t['wall_s']:.0f} s, {t['peak_tree_rss_mb'] / 1000:.2f} GB ({t.get('products', '?')} products)"
             if t
             else "not run",
-            f"{e['wall_s']:.0f} s, {e['peak_tree_rss_mb'] / 1000:.2f} GB" if e else "not run",
+            f"{e['wall_s']:.0f} s for {e['drawings']:,}, {e['peak_tree_rss_mb'] / 1000:.2f} GB"
+            if e
+            else "not run",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
