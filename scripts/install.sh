@@ -13,4 +13,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade "pip>=24,<27"
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test]"
+# The compiled GRU cell (C++, built for this torch and CPU; ~30 s of CPU): says what it did and how long
+# it took, and where it cannot be built, that training uses the Python kernel (the install goes on).
+.venv/bin/python -m doodle_rnn.gru_cell
 echo "installed: $(.venv/bin/python -c 'import doodle_rnn, torch; print("doodle-rnn", doodle_rnn.__version__, "torch", torch.__version__)')"
