@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from doodle_rnn import gru_cell
 from doodle_rnn.gru_cell import gru_scan
 
 IMPLS = ("auto", "fused", "packed")
@@ -87,11 +88,17 @@ class GRUClassifier(nn.Module):
         if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
             return False
         # auto: on CPU the fused kernel for training, and for inference when its products run in bf16
-        # (validation 2,600-2,830 vs 1,530-1,740 drawings/s); in fp32 inference the two are even
-        # (1,510-1,640 vs 1,530-1,740) and nn.GRU is the reference's own code.
+        # (validation 2,600-2,830 vs 1,530-1,740 drawings/s) or when the compiled cell runs it on several
+        # threads (each direction on its own thread: 121-211 vs 58-79 drawings/s for nn.GRU with 2 threads
+        # on a busy 2-core box). With one thread and fp32 the two are even (552-587 vs 611-690/s) and
+        # nn.GRU is the reference's own code.
         if self.impl == "fused":
             return True
-        return x.device.type == "cpu" and (torch.is_grad_enabled() or self.matmul_dtype is not None)
+        if x.device.type != "cpu":
+            return False
+        if torch.is_grad_enabled() or self.matmul_dtype is not None:
+            return True
+        return torch.get_num_threads() > 1 and gru_cell.is_compiled()
 
     def final_states(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Last layer's final hidden state(s), both directions concatenated: [B, H * dirs]."""
@@ -208,18 +215,71 @@ def _padded_rows(rows: int) -> int:
     return -(-rows // granule) * granule
 
 
-def _input_proj_fp32(inputs: list[torch.Tensor], w_ih: torch.Tensor, b_ih: torch.Tensor) -> torch.Tensor:
-    """x W_ih^T + b_ih for every packed row of each direction's input, in fp32: [D, N, 3H]."""
-    return torch.stack([torch.addmm(b_ih[i], inputs[i], w_ih[i].t()) for i in range(len(inputs))])
+def _low_mm(a: torch.Tensor, b: torch.Tensor, mm_dtype: torch.dtype | None) -> torch.Tensor:
+    """a @ b, with `mm_dtype` operands when given (the result back in a's precision)."""
+    if mm_dtype is None:
+        return torch.mm(a, b)
+    return torch.mm(a.to(mm_dtype), b.to(mm_dtype)).to(a.dtype)
 
 
-def _input_proj_bf16(
-    inputs: list[torch.Tensor], w_ih: torch.Tensor, b_ih: torch.Tensor, mm_dtype: torch.dtype
+class _InputProj(torch.autograd.Function):
+    """x W_ih^T + b_ih for every packed row of each direction, written into one [D, N, 3H] buffer.
+
+    Each direction's input comes in `k` parts side by side (layer 2 of a bidirectional GRU reads
+    [forward state | reverse state]); each part meets its own columns of W_ih, so the parts are never
+    concatenated, and the directions' products land in their slice of the result instead of being
+    stacked (both copies were 1/3 of a validation pass's time). With `mm_dtype` the products run in
+    bf16 and are summed with the bias in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, w_ih, b_ih, k, mm_dtype, *parts):  # type: ignore[override]
+        dirs = len(parts) // k
+        out = parts[0].new_empty(dirs, parts[0].shape[0], w_ih.shape[1])
+        for i in range(dirs):
+            col = 0
+            if mm_dtype is not None:
+                out[i].copy_(b_ih[i])  # the bias, to which the bf16 products are added in fp32
+            for j, part in enumerate(parts[i * k : (i + 1) * k]):
+                w_part = w_ih[i, :, col : col + part.shape[1]].t()
+                col += part.shape[1]
+                if mm_dtype is not None:
+                    out[i].add_(_low_mm(part, w_part, mm_dtype))
+                elif j == 0:
+                    torch.addmm(b_ih[i], part, w_part, out=out[i])
+                else:
+                    out[i].addmm_(part, w_part)
+        ctx.save_for_backward(w_ih, *parts)
+        ctx.k, ctx.mm_dtype = k, mm_dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        w_ih, *parts = ctx.saved_tensors
+        k, mm_dtype = ctx.k, ctx.mm_dtype
+        g_w = torch.empty_like(w_ih) if ctx.needs_input_grad[0] else None
+        g_parts = []
+        for i in range(len(parts) // k):
+            col = 0
+            for j, part in enumerate(parts[i * k : (i + 1) * k]):
+                cols = slice(col, col + part.shape[1])
+                col += part.shape[1]
+                if ctx.needs_input_grad[4 + i * k + j]:
+                    g_parts.append(_low_mm(g[i], w_ih[i, :, cols], mm_dtype))
+                else:
+                    g_parts.append(None)
+                if g_w is not None:
+                    g_w[i, :, cols] = _low_mm(g[i].t(), part, mm_dtype)
+        g_b = g.sum(dim=1) if ctx.needs_input_grad[1] else None
+        return g_w, g_b, None, None, *g_parts
+
+
+def _input_proj(
+    inputs: list[list[torch.Tensor]], w_ih: torch.Tensor, b_ih: torch.Tensor, mm_dtype: torch.dtype | None
 ) -> torch.Tensor:
-    """x W_ih^T + b_ih with bf16 operands; the bias is added to the product in fp32: [D, N, 3H]."""
-    w_low = w_ih.to(mm_dtype)
-    proj = torch.stack([torch.mm(inputs[i].to(mm_dtype), w_low[i].t()) for i in range(len(inputs))])
-    return proj.float() + b_ih.unsqueeze(1)
+    """x W_ih^T + b_ih for each direction's input, given as parts side by side: [D, N, 3H]."""
+    k = len(inputs[0])
+    return _InputProj.apply(w_ih, b_ih, k, mm_dtype, *[p for parts in inputs for p in parts])
 
 
 def gru_final_states(
@@ -269,9 +329,9 @@ def gru_final_states(
     if dirs == 2:
         # each drawing reversed within its own length: (t, i) <-> (len_i - 1 - t, i), an involution
         flip = torch.cat([pos[lens[b_idx] - 1 - t_idx, b_idx], pad]).to(dev)
-        inputs = [packed, packed[flip]]
+        inputs = [[packed], [packed[flip]]]
     else:
-        inputs = [packed]
+        inputs = [[packed]]
     sfx = ["", "_reverse"][:dirs]
     hidden = gru.hidden_size
     n_r_z = torch.cat([torch.arange(2 * hidden, 3 * hidden), torch.arange(2 * hidden)]).to(dev)  # W_ih rows
@@ -282,10 +342,7 @@ def gru_final_states(
             w_hh = torch.stack([getattr(gru, f"weight_hh_l{layer}{s}") for s in sfx])
             b_ih = torch.stack([getattr(gru, f"bias_ih_l{layer}{s}") for s in sfx])[:, n_r_z]
             b_hh = torch.stack([getattr(gru, f"bias_hh_l{layer}{s}") for s in sfx])
-            if mm_dtype is None:
-                x_proj = _input_proj_fp32(inputs, w_ih, b_ih)
-            else:
-                x_proj = _input_proj_bf16(inputs, w_ih, b_ih, mm_dtype)
+            x_proj = _input_proj(inputs, w_ih, b_ih, mm_dtype)
             states, final = gru_scan(x_proj, w_hh, b_hh, counts, starts, last, prev, mm_dtype, impl)
             if layer < gru.num_layers - 1:
                 if training and gru.dropout > 0:
@@ -297,8 +354,8 @@ def gru_final_states(
                     # is a zero-filled [D, N, H] tensor with its slice copied in
                     fwd, rev = states.unbind(0)
                     fwd_in_rev_time, rev_in_fwd_time = _Flip.apply(fwd, flip), _Flip.apply(rev, flip)
-                    inputs = [torch.cat([fwd, rev_in_fwd_time], -1), torch.cat([fwd_in_rev_time, rev], -1)]
+                    inputs = [[fwd, rev_in_fwd_time], [fwd_in_rev_time, rev]]
                 else:
-                    inputs = [states[0]]
+                    inputs = [[states[0]]]
     final_cat = torch.cat(list(final), dim=-1)  # [B, D * H], sorted order
     return final_cat[torch.argsort(order_d)]
