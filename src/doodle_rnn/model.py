@@ -228,7 +228,7 @@ class _InputProj(torch.autograd.Function):
     Each direction's input comes in `k` parts side by side (layer 2 of a bidirectional GRU reads
     [forward state | reverse state]); each part meets its own columns of W_ih, so the parts are never
     concatenated, and the directions' products land in their slice of the result instead of being
-    stacked (both copies were 1/3 of a validation pass's time). With `mm_dtype` the products run in
+    stacked (profiled at 22% and 11% of the operator time of a fused validation pass, one thread). With `mm_dtype` the products run in
     bf16 and are summed with the bias in fp32.
     """
 
