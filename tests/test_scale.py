@@ -17,7 +17,7 @@ import torch
 from doodle_rnn.checkpoint import build_model, load_checkpoint
 from doodle_rnn.config import TrainConfig
 from doodle_rnn.data.batches import rank_share, share_size, steps_per_rank
-from doodle_rnn.data.cache import DoodleCache, PrepareConfig, prepare_cache
+from doodle_rnn.data.cache import CacheError, DoodleCache, PrepareConfig, prepare_cache
 from doodle_rnn.data.synthetic import write_ndjson_per_class
 from doodle_rnn.data.tiled import tile_cache
 from doodle_rnn.tensors import pad_features
@@ -258,3 +258,14 @@ def test_reading_drawings_maps_no_cache_pages_into_the_process(cache, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) < 1024, f"{r.stdout} KB of file pages mapped"
+
+
+def test_offsets_that_break_the_length_rules_are_a_clear_error(cache, tmp_path):
+    shutil.copytree(cache, tmp_path / "c")
+    offsets = np.load(tmp_path / "c" / "offsets.npy")
+    offsets[1:] += 40_000  # drawing 0 now claims 40,000 more steps than max_len allows
+    np.save(tmp_path / "c" / "offsets.npy", offsets)
+    with pytest.raises(
+        CacheError, match=r"offsets\.npy does not fit the manifest's length rules; prepare it again"
+    ):
+        DoodleCache(tmp_path / "c")
