@@ -16,4 +16,11 @@ fi
 # The compiled GRU cell (C++, built for this torch and CPU; ~30 s of CPU): says what it did and how long
 # it took, and where it cannot be built, that training uses the Python kernel (the install goes on).
 .venv/bin/python -m doodle_rnn.gru_cell
+# ONNX Runtime Web for `doodle export --web` (pinned in package.json / package-lock.json; MIT).
+if command -v npm >/dev/null 2>&1; then
+  npm ci --no-audit --no-fund --ignore-scripts --loglevel=error \
+    || echo "warning: npm ci failed; doodle export --web and its browser tests will be skipped" >&2
+else
+  echo "warning: npm not found; doodle export --web and its browser tests will be skipped" >&2
+fi
 echo "installed: $(.venv/bin/python -c 'import doodle_rnn, torch; print("doodle-rnn", doodle_rnn.__version__, "torch", torch.__version__)')"

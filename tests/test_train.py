@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from doodle_rnn.checkpoint import build_model, load_checkpoint
-from doodle_rnn.data.batches import shard_batches
+from doodle_rnn.data.batches import steps_per_rank
 from doodle_rnn.data.cache import DoodleCache, PrepareConfig, prepare_cache
 from doodle_rnn.data.encode import DEFAULT_ENCODING
 from doodle_rnn.data.synthetic import write_ndjson_per_class
 from doodle_rnn.devices import BF16_MIN_SPEEDUP, cpu_has_bf16_isa
 from doodle_rnn.lr_find import suggest
 from doodle_rnn.tensors import augment_features, pad_features
-from doodle_rnn.train import TrainConfig, train
+from doodle_rnn.train import Dist, TrainConfig, train, train_batches
 
 
 def _cache(root: Path, n: int, seed: int = 1) -> Path:
@@ -192,12 +192,18 @@ def test_augmentation_changes_steps_but_not_pen_lifts_or_padding():
     assert torch.equal(again, y)  # seeded: resumable
 
 
-def test_shard_batches_gives_every_rank_the_same_count():
-    batches = [np.array([i]) for i in range(7)]
-    shards = [shard_batches(batches, r, 3) for r in range(3)]
-    assert [len(s) for s in shards] == [2, 2, 2]
-    assert sorted(int(b[0]) for s in shards for b in s) == [0, 1, 2, 3, 4, 5]
-    assert shard_batches(batches, 0, 1) == batches
+def test_every_rank_gets_the_same_count_of_batches(small_cache):
+    cache = DoodleCache(small_cache)
+    tr = cache.split_indices("train")
+    cfg = TrainConfig(data=str(small_cache), out="-", batch_size=7)
+    shards = [train_batches(cache, tr, cfg, 1, Dist(rank=r, world=3)) for r in range(3)]
+    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == steps_per_rank(len(tr), 7, 3)
+    taken = np.concatenate([b for s in shards for b in s])
+    assert len(np.unique(taken)) == len(taken) > len(tr) - 3 * 7 * 8  # each rank leaves out < its last blocks
+    one = train_batches(cache, tr, cfg, 1)
+    assert len(one) == -(-len(tr) // 7) and np.array_equal(
+        np.sort(np.concatenate(list(one))), np.arange(len(tr))
+    )
 
 
 def test_real_data_smoke_loss_falls(tmp_path, bundled_dir):

@@ -22,6 +22,7 @@ from doodle_rnn.evaluate import (
     load_eval_data,
     load_model,
     predict_logits,
+    row_labels,
 )
 from doodle_rnn.probs import softmax
 
@@ -73,12 +74,12 @@ def collect_logits(model, ev, batch_size: int, device, max_drawings: int | None,
     if max_drawings is not None and len(pick) > max_drawings:
         pick = np.sort(np.random.default_rng(seed).choice(len(pick), max_drawings, replace=False))
     rows, labels = ev.indices[pick], ev.labels[pick]
-    label_of_row = dict(zip(rows.tolist(), labels.tolist(), strict=True))
+    label_of = row_labels(rows, labels)
     model.to(device)
     out_logits, out_labels = [], []
     for idx, logits in predict_logits(model, iterate_cache(ev.data, rows, batch_size), device, 1.0):
         out_logits.append(logits[:, ev.columns])
-        out_labels.append(np.array([label_of_row[r] for r in idx.tolist()], dtype=np.int64))
+        out_labels.append(np.asarray(label_of(idx), dtype=np.int64))
     return np.concatenate(out_logits), np.concatenate(out_labels)
 
 

@@ -98,6 +98,11 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(str(exc)) from exc
     if not path.is_file():
         raise CheckpointError(missing_model_message(path))
+    return read_checkpoint(path)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """`load_checkpoint` for a file already found (no name lookup; `model_files` resolves once)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file

@@ -51,6 +51,13 @@ class TrainConfig:
     rnn: str = "gru"
     num_threads: int | None = None
     eval_batch_size: int = 512
+    # validation drawings per epoch (for the plateau schedule, early stopping and best.pt): a fixed random
+    # subset of the val split, the same every epoch and on --resume; 0 or None: the whole split
+    val_max: int | None = 20_000
+    # after training, measure best.pt once on the whole val split (when the epochs used a subset)
+    final_val: bool = True
+    # also write RUN_DIR/last.pt every N optimizer steps, so that --resume continues mid-epoch
+    save_every_steps: int | None = None
     log_every: int = 50
     amp: bool = True
     # share of training drawings replaced by a random prefix (re-normalised like a capture), so the model
@@ -76,6 +83,10 @@ class TrainConfig:
             raise TrainError("--prefix-prob must be in [0, 1]")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             raise TrainError("--conv-kernel must be an odd number >= 1 (the convolution keeps the length)")
+        if self.val_max is not None and self.val_max < 0:
+            raise TrainError("--val-max must be 0 (the whole val split) or more")
+        if self.save_every_steps is not None and self.save_every_steps < 1:
+            raise TrainError("--save-every-steps must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise TrainError("--max-steps must be at least 1")
         if self.resume and self.overwrite:

@@ -32,6 +32,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,6 +47,9 @@ from doodle_rnn.data.encode import (
 from doodle_rnn.data.formats import validate_strokes
 from doodle_rnn.errors import DoodleError
 from doodle_rnn.probs import softmax
+
+if TYPE_CHECKING:
+    from doodle_rnn.model_files import ModelFile
 
 BACKENDS = ("auto", "onnx", "torch")
 # ONNX Runtime's GRU kernel is fastest on small, length-sorted batches (measured in
@@ -165,24 +169,34 @@ class Classifier:
         threads: ONNX Runtime intra-op threads per run (1 is fastest for this GRU; parallelism comes
         from running several batches at once, see `predict_many`).
         """
+        from doodle_rnn.model_files import ModelFileError, open_model
+
         if backend not in BACKENDS:
             raise InferenceError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-        from doodle_rnn.models import ShippedModelError, resolve_model
-
         try:
-            path = resolve_model(path)
-        except ShippedModelError as exc:
+            model = open_model(path)
+        except ModelFileError as exc:
             raise InferenceError(str(exc)) from exc
-        if not path.is_file():
-            from doodle_rnn.text import missing_model_message
+        return cls.from_model(model, backend, threads)
 
-            raise InferenceError(missing_model_message(path, "model"))
-        if path.suffix.lower() == ".onnx":
-            return cls._load_onnx(path, backend, threads)
-        from doodle_rnn.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(path)  # CheckpointError (a ValueError) names the file
-        return cls.from_checkpoint(ckpt, backend, threads, source=str(path))
+    @classmethod
+    def from_model(cls, model: ModelFile, backend: str = "auto", threads: int = 1) -> Classifier:
+        """The classifier of a model file already read (`model_files.open_model`): the shared way in."""
+        if backend not in BACKENDS:
+            raise InferenceError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        if model.kind == "pt":
+            return cls.from_checkpoint(model.checkpoint, backend, threads, source=str(model.path))
+        if backend == "torch":
+            raise InferenceError(
+                f"{model.path}: an ONNX file runs on ONNX Runtime; use backend='onnx' or 'auto'"
+            )
+        try:
+            engine = _OrtBackend(model.onnx, threads)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise InferenceError(
+                f"{model.path}: not a loadable ONNX model ({type(exc).__name__}: {exc})"
+            ) from exc
+        return cls(engine, model.meta, str(model.path))
 
     @classmethod
     def from_checkpoint(
@@ -205,22 +219,6 @@ class Classifier:
         else:
             engine = _TorchBackend(ckpt)
         return cls(engine, meta, source)
-
-    @classmethod
-    def _load_onnx(cls, path: Path, backend: str, threads: int) -> Classifier:
-        from doodle_rnn.export import ExportError, metadata_from_props
-
-        if backend == "torch":
-            raise InferenceError(f"{path}: an ONNX file runs on ONNX Runtime; use backend='onnx' or 'auto'")
-        try:
-            engine = _OrtBackend(str(path), threads)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise InferenceError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from exc
-        try:
-            meta = metadata_from_props(engine.session.get_modelmeta().custom_metadata_map, path)
-        except ExportError as exc:
-            raise InferenceError(str(exc)) from exc
-        return cls(engine, meta, str(path))
 
     # ----------------------------------------------------------------------------- facts
     @property

@@ -203,6 +203,8 @@ def render_html(summary: dict, images: dict[str, Path]) -> str:
             f", … ({len(files)} files)" if len(files) > 20 else ""
         )
         ident += [["data (files)", _e(shown)], ["split", _e(data["split"])]]
+    if data.get("sample"):
+        ident.append(["evaluated", _e(data["sample"]["rule"])])
     ident.append(
         [
             "device, time",

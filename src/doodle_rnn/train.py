@@ -2,17 +2,24 @@
 
 AdamW with label smoothing, dropout and gradient clipping; ReduceLROnPlateau on the validation loss
 (or OneCycle) and early stopping on it; train-only augmentation in delta space; mixed precision on
-CUDA. After every epoch `RUN_DIR/last.pt` holds everything `--resume` needs to continue exactly
-(model, optimizer, scheduler, early-stopping state, epoch, RNG states), and `RUN_DIR/best.pt` the
-weights with the best validation loss; both are self-describing checkpoints (see checkpoint.py).
+CUDA. After every epoch (and every `--save-every-steps` steps) `RUN_DIR/last.pt` holds everything
+`--resume` needs to continue exactly (model, optimizer, scheduler, early-stopping state, epoch and
+batch, RNG states), and `RUN_DIR/best.pt` the weights with the best validation loss; both are
+self-describing checkpoints (see checkpoint.py).
+
+Validation at scale: each epoch is judged on a fixed random subset of the val split (`--val-max`,
+20,000 by default, seeded by --seed, so the same drawings every epoch and after --resume), and at the
+end best.pt is measured once on the whole split (`val_full` in metrics.jsonl and in best.pt's metrics).
 
 Determinism, so that a resumed run equals an uninterrupted one: the batch order and augmentation of
 an epoch are functions of (seed, epoch, step) alone, and the only other randomness (dropout) draws
 from torch's generator, whose state is saved with each checkpoint.
 
-Data parallel: under `torchrun` every rank builds the same batch list (from the seed) and takes every
-world-th batch (`shard_batches`); gradients are averaged by DistributedDataParallel, validation
-counts are summed across ranks, and only rank 0 writes files and logs.
+Data parallel: under `torchrun` each rank reads only its own share of the train split (blocks of
+consecutive drawings dealt round robin, `data.batches.rank_share`) and shuffles it every epoch; all
+ranks take the same number of steps; gradients are averaged by DistributedDataParallel, validation
+counts (each rank its share of the val rows) are summed across ranks, and only rank 0 writes files
+and logs.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import torch.nn.functional as F
 from doodle_rnn import gru_cell
 from doodle_rnn.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from doodle_rnn.config import TrainConfig, TrainError
-from doodle_rnn.data.batches import bucket_batches, shard_batches
+from doodle_rnn.data.batches import EpochBatches, epoch_batches, eval_batches, rank_share, steps_per_rank
 from doodle_rnn.data.cache import DoodleCache
 from doodle_rnn.data.encode import ENCODING_VERSION
 from doodle_rnn.data.prefixes import random_prefixes
@@ -99,6 +106,20 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _rng_states_of_ranks(d: Dist, device: torch.device) -> list[dict] | None:
+    """Every rank's RNG state, gathered (a collective: all ranks call it); None in one process.
+
+    Ranks draw different dropout masks (their batches differ in shape), so a resumed data-parallel
+    run continues exactly only when each rank gets its own state back."""
+    if d.world <= 1:
+        return None
+    import torch.distributed as dist
+
+    states: list = [None] * d.world
+    dist.all_gather_object(states, _rng_state(device))
+    return states
+
+
 # ---------------------------------------------------------------- one pass
 
 
@@ -107,14 +128,21 @@ def _epoch_rng(cfg: TrainConfig, epoch: int, *more: int) -> np.random.Generator:
 
 
 def train_batches(
-    cache: DoodleCache, train_idx: np.ndarray, cfg: TrainConfig, epoch: int
-) -> list[np.ndarray]:
-    """One epoch's training batches (positions into train_idx); identical on every rank for a seed."""
-    rng = _epoch_rng(cfg, epoch)
-    lengths = cache.lengths[train_idx]
-    if cfg.batching == "bucket":
-        return bucket_batches(lengths, cfg.batch_size, True, rng, labels=cache.labels[train_idx])
-    return bucket_batches(lengths, cfg.batch_size, True, rng, pool=1)
+    cache: DoodleCache, train_idx: np.ndarray, cfg: TrainConfig, epoch: int, d: Dist | None = None
+) -> EpochBatches:
+    """This rank's training batches of `epoch` (positions into train_idx), made on demand.
+
+    One process shuffles the whole split; rank r of a data-parallel run shuffles its own share
+    (`rank_share`), and every rank takes `steps_per_rank` batches, so that they step together."""
+    d = d or Dist()
+    n = len(train_idx)
+    share = None if d.world <= 1 else rank_share(n, d.rank, d.world)
+    rows = train_idx if share is None else train_idx[share]
+    rng = _epoch_rng(cfg, epoch) if d.world <= 1 else _epoch_rng(cfg, epoch, d.rank, d.world)
+    count = None if d.world <= 1 else steps_per_rank(n, cfg.batch_size, d.world)
+    labels = cache.labels[rows] if cfg.batching == "bucket" else None
+    pool = 64 if cfg.batching == "bucket" else 1
+    return epoch_batches(cache.lengths[rows], cfg.batch_size, rng, pool, labels, count, share)
 
 
 def _batch_tensors(
@@ -138,17 +166,21 @@ def evaluate(
     d: Dist | None = None,
     amp_dtype: torch.dtype | None = None,
 ) -> dict:
-    """Loss (plain cross-entropy) and top-1/top-3 accuracy over `indices`, summed across ranks."""
+    """Loss (plain cross-entropy) and top-1/top-3 accuracy over `indices`, summed across ranks.
+
+    Each rank reads its share of the rows (`rank_share`); pass the plain model, not its DDP wrapper,
+    since ranks may run different numbers of batches here."""
     d = d or Dist()
     model.eval()
-    everything = bucket_batches(cache.lengths[indices], batch_size, shuffle=False, max_steps=batch_size * 64)
-    batches = shard_batches(everything, d.rank, d.world)
-    if d.world > 1:  # the few batches left over by sharding are evaluated by rank 0
-        rest = everything[len(batches) * d.world :]
-        batches = batches + (rest if d.main else [])
+    rows = (
+        np.asarray(indices)
+        if d.world <= 1
+        else np.asarray(indices)[rank_share(len(indices), d.rank, d.world)]
+    )
+    batches = eval_batches(cache.lengths[rows], batch_size, max_steps=batch_size * 64)
     loss_sum = c1 = c3 = n = 0.0
     for b in batches:
-        x, lengths, y = _batch_tensors(cache, indices[b], device)
+        x, lengths, y = _batch_tensors(cache, rows[b], device)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x, lengths)
@@ -167,20 +199,22 @@ def evaluate(
 
 
 class _Log:
-    """Console lines (rank 0) plus the same numbers in RUN_DIR/metrics.jsonl."""
+    """Console lines (rank 0) plus the same numbers in RUN_DIR/metrics.jsonl.
 
-    def __init__(self, out: Path, enabled: bool, keep_epochs_upto: int | None):
+    `resumed_at` (on --resume): (last complete epoch, step reached inside the next epoch or None); the
+    records past that point, written after last.pt was, are dropped, since that work is done again."""
+
+    def __init__(self, out: Path, enabled: bool, resumed_at: tuple[int, int | None] | None):
         self.enabled = enabled
         self.path = out / "metrics.jsonl"
-        if enabled and keep_epochs_upto is not None and self.path.exists():
-            # On resume, drop records of the epoch that was interrupted (it is run again).
+        if enabled and resumed_at is not None and self.path.exists():
             kept = [
                 line
                 for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("epoch", 0) <= keep_epochs_upto
+                if line.strip() and _done_before(json.loads(line), *resumed_at)
             ]
             self.path.write_text("".join(k + "\n" for k in kept))
-        elif enabled and keep_epochs_upto is None:
+        elif enabled and resumed_at is None:
             self.path.write_text("")
 
     def __call__(self, line: str | None, record: dict) -> None:
@@ -190,6 +224,17 @@ class _Log:
             print(line, flush=True)
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+
+def _done_before(rec: dict, epoch: int, step: int | None) -> bool:
+    """Whether a metrics record belongs to the work a resumed run keeps (see `_Log`)."""
+    if rec.get("kind") == "val_full":
+        return False  # measured again at the end of the resumed run
+    if rec.get("epoch", 0) <= epoch:
+        return True
+    return (
+        step is not None and rec.get("kind") == "batch" and rec["epoch"] == epoch + 1 and rec["step"] <= step
+    )
 
 
 def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
@@ -309,6 +354,8 @@ class TrainRun:
     bad_epochs: int = 0
     stop_reason: str = "epochs"
     bf16_speedup: float | None = None  # measured bf16/fp32 product ratio (CPU with --amp), see _bf16_speedup
+    val_all: np.ndarray | None = None  # the whole val split (val_idx: the per-epoch subset of it)
+    resume_at: dict | None = None  # a mid-epoch last.pt's train_state["in_epoch"]: where to continue
 
 
 @dataclass
@@ -330,11 +377,17 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         stats = _train_epoch(run, epoch)
         if _end_epoch(run, epoch, stats, t0):
             break
+    _barrier(d)
+    val_full = _final_validation(run) if cfg.final_val else None
+    _barrier(d)
+    return _summary(run, epoch) | {"val_full": val_full}
+
+
+def _barrier(d: Dist) -> None:
     if d.world > 1:
         import torch.distributed as dist
 
         dist.barrier()
-    return _summary(run, epoch)
 
 
 # ---------------------------------------------------------------- setup and resume
@@ -347,7 +400,8 @@ def _setup(cfg: TrainConfig, d: Dist) -> TrainRun:
     device = pick_device(cfg.device)
     if d.world > 1 and device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
-    cache, train_idx, val_idx = _open_data(cfg)
+    cache, train_idx, val_all = _open_data(cfg)
+    val_idx = val_subset(val_all, cfg.val_max, cfg.seed)
     resume_ckpt = _resume_checkpoint(out, cache, cfg) if cfg.resume else None
     mcfg = ModelConfig(**resume_ckpt["model_config"]) if resume_ckpt else model_config(cfg, cache)
 
@@ -357,9 +411,14 @@ def _setup(cfg: TrainConfig, d: Dist) -> TrainRun:
 
         dist.barrier()
     if d.main:
-        _start_run_dir(out, cfg, d, cache, len(train_idx), len(val_idx), device)
+        _start_run_dir(out, cfg, d, cache, len(train_idx), len(val_all), device)
+        if len(val_idx) < len(val_all):
+            print(f"validation: each epoch on a fixed random subset of {len(val_idx):,} of the {len(val_all):,} "
+                  f"val drawings (--val-max, seed {cfg.seed})"
+                  + ("; best.pt on all of them at the end" if cfg.final_val else ""), flush=True)  # fmt: skip
 
     run = build_run(cfg, d, out, device, cache, train_idx, val_idx, mcfg)
+    run.val_all = val_all
     if device.type == "cpu" and d.main:
         print(f"GRU products: {_cpu_products_reason(run.bf16_speedup, run.model.matmul_dtype)}", flush=True)
         print(f"GRU cell: {gru_cell.status()}", flush=True)
@@ -371,7 +430,8 @@ def _setup(cfg: TrainConfig, d: Dist) -> TrainRun:
         run.net = DistributedDataParallel(
             run.model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    run.log = _Log(out, d.main, run.start_epoch - 1 if resume_ckpt is not None else None)
+    step_in = run.global_step if run.resume_at is not None else None
+    run.log = _Log(out, d.main, (run.start_epoch - 1, step_in) if resume_ckpt is not None else None)
     if resume_ckpt is not None and (resume_ckpt["train_state"]["stopped"] or run.start_epoch > cfg.epochs):
         run.stop_reason = resume_ckpt["train_state"].get("stop_reason", "epochs")
         run.start_epoch = cfg.epochs + 1  # nothing left to do
@@ -389,7 +449,7 @@ def build_run(
     if bf16_speedup is not None and bf16_speedup >= BF16_MIN_SPEEDUP:
         model.matmul_dtype = torch.bfloat16  # fused GRU: bf16 products, fp32 states, gates and gradients
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    n_batches = len(shard_batches(train_batches(cache, train_idx, cfg, 0), d.rank, d.world))
+    n_batches = steps_per_rank(len(train_idx), cfg.batch_size, d.world)
     sched = _make_scheduler(cfg, opt, math.ceil(n_batches / cfg.grad_accum))
     amp_dtype = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -425,6 +485,16 @@ def _open_data(cfg: TrainConfig) -> tuple[DoodleCache, np.ndarray, np.ndarray]:
             f"{cfg.data}: needs drawings in both the train and val splits (has {len(train_idx)}, {len(val_idx)})"
         )
     return cache, train_idx, val_idx
+
+
+def val_subset(val_idx: np.ndarray, val_max: int | None, seed: int) -> np.ndarray:
+    """The val rows each epoch is judged on: all of them, or `val_max` drawn at random without
+    replacement (numpy default_rng([seed, 1])), kept in cache order; the same for the same cache and
+    seed, so every epoch and every resumed leg compares like with like."""
+    if not val_max or len(val_idx) <= val_max:
+        return val_idx
+    pick = np.random.default_rng([seed, 1]).choice(len(val_idx), val_max, replace=False)
+    return val_idx[np.sort(pick)]
 
 
 def _resume_checkpoint(out: Path, cache: DoodleCache, cfg: TrainConfig) -> dict:
@@ -478,11 +548,46 @@ def _restore(run: TrainRun, ckpt: dict) -> None:
     run.scaler.load_state_dict(ts["scaler"])
     run.start_epoch, run.global_step = ts["epoch"] + 1, ts["global_step"]
     run.best, run.bad_epochs = dict(ts["best"]), ts["bad_epochs"]
-    _set_rng_state(ts["rng"], run.device)
+    ranks = ts.get("rng_ranks")
+    _set_rng_state(ranks[run.d.rank] if ranks and len(ranks) == run.d.world else ts["rng"], run.device)
+    run.resume_at = ts.get("in_epoch")
+    if run.resume_at is not None:
+        _check_same_batches(run, ts)
+    _warn_if_val_changes(run, ts["config"])
     if run.d.main:
-        print(
-            f"resumed from {run.out / 'last.pt'} after epoch {ts['epoch']} (step {run.global_step})",
-            flush=True,
+        where = (
+            f"in epoch {run.start_epoch} after batch {run.resume_at['batches_done']}"
+            if run.resume_at is not None
+            else f"after epoch {ts['epoch']}"
+        )
+        print(f"resumed from {run.out / 'last.pt'} {where} (step {run.global_step})", flush=True)
+
+
+def _warn_if_val_changes(run: TrainRun, old: dict) -> None:
+    """Epochs before and after a resume are compared by val loss: say so when they are judged on other
+    drawings (another --val-max or --seed; runs from before --val-max validated on the whole split)."""
+    before = val_subset(run.val_all, old.get("val_max"), old.get("seed", run.cfg.seed))
+    if not run.d.main or np.array_equal(before, run.val_idx):
+        return
+    print(
+        f"warning: the epochs before this resume were judged on {len(before):,} val drawings, these on another "
+        f"{len(run.val_idx):,} (--val-max {run.cfg.val_max}, --seed {run.cfg.seed}): their val losses (early "
+        "stopping, best.pt) compare other drawings; resume with the old --val-max and --seed to avoid that",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _check_same_batches(run: TrainRun, ts: dict) -> None:
+    """A run resumed mid-epoch skips the batches already taken: they must be the same batches."""
+    old, cfg = ts["config"], run.cfg
+    same = {k: (old.get(k), getattr(cfg, k)) for k in ("batch_size", "seed", "batching", "grad_accum")}
+    same["ranks"] = (run.resume_at.get("world", 1), run.d.world)
+    differ = [f"{k} {a} -> {b}" for k, (a, b) in same.items() if a != b]
+    if differ:
+        raise TrainError(
+            f"--resume: {run.out / 'last.pt'} was saved inside epoch {run.start_epoch}, and continuing it "
+            f"needs the same batches, but {', '.join(differ)}; resume with the old settings"
         )
 
 
@@ -496,15 +601,14 @@ def _train_epoch(run: TrainRun, epoch: int) -> _EpochStats:
     cfg, d, device = run.cfg, run.d, run.device
     t0 = time.perf_counter()
     run.net.train()
-    batches = shard_batches(train_batches(run.cache, run.train_idx, cfg, epoch), d.rank, d.world)
-    bar = tqdm(
-        total=len(batches), desc=f"epoch {epoch}", leave=False, disable=not (d.main and sys.stderr.isatty())
-    )
-    loss_sum = correct = seen = 0.0
+    batches = train_batches(run.cache, run.train_idx, cfg, epoch, d)
+    start, (loss_sum, correct, seen, seconds_before) = _resume_point(run, epoch)
+    bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch}", leave=False,
+               disable=not (d.main and sys.stderr.isatty()))  # fmt: skip
     run.opt.zero_grad(set_to_none=True)
     hit_max = False
-    for i, b in enumerate(batches):
-        x, lengths, y = batch_inputs(run, epoch, i, b)
+    for i in range(start, len(batches)):
+        x, lengths, y = batch_inputs(run, epoch, i, batches[i])
         last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches)
         sync = run.net.no_sync() if (d.world > 1 and not last_micro) else nullcontext()
         with sync:
@@ -524,9 +628,28 @@ def _train_epoch(run: TrainRun, epoch: int) -> _EpochStats:
         if cfg.max_steps is not None and run.global_step >= cfg.max_steps and last_micro:
             hit_max = True
             break
+        if (
+            last_micro
+            and cfg.save_every_steps
+            and run.global_step % cfg.save_every_steps == 0
+            and i + 1 < len(batches)
+        ):
+            sums = _all_sum([loss_sum, correct, seen], d, device)
+            _save_in_epoch(run, epoch, i + 1, sums, seconds_before + time.perf_counter() - t0)
     bar.close()
     loss_sum, correct, seen = _all_sum([loss_sum, correct, seen], d, device)
-    return _EpochStats(loss_sum, correct, seen, time.perf_counter() - t0, hit_max)
+    return _EpochStats(loss_sum, correct, seen, seconds_before + time.perf_counter() - t0, hit_max)
+
+
+def _resume_point(run: TrainRun, epoch: int) -> tuple[int, tuple[float, float, float, float]]:
+    """(first batch to take, (loss sum, correct, seen, train seconds) so far) of `epoch`: zeros, or
+    where a mid-epoch last.pt left it (the sums, summed over ranks when saved, go to rank 0 alone)."""
+    at, run.resume_at = run.resume_at, None
+    if at is None or at["epoch"] != epoch:
+        return 0, (0.0, 0.0, 0.0, 0.0)
+    if not run.d.main:
+        return at["batches_done"], (0.0, 0.0, 0.0, 0.0)
+    return at["batches_done"], (at["loss_sum"], at["correct"], at["seen"], at["train_seconds"])
 
 
 def batch_inputs(run: TrainRun, epoch: int, i: int, b: np.ndarray):
@@ -579,7 +702,7 @@ def _log_batch(run: TrainRun, epoch: int, batch: int, batches: int, loss: float,
 def _end_epoch(run: TrainRun, epoch: int, stats: _EpochStats, t0: float) -> bool:
     """Validate, step the plateau schedule, judge early stopping, log, save checkpoints; True: stop."""
     cfg = run.cfg
-    val = evaluate(run.net, run.cache, run.val_idx, cfg.eval_batch_size, run.device, run.d, run.amp_dtype)
+    val = evaluate(run.model, run.cache, run.val_idx, cfg.eval_batch_size, run.device, run.d, run.amp_dtype)
     secs = time.perf_counter() - t0
     if cfg.scheduler == "plateau":
         run.sched.step(val["val_loss"])
@@ -608,29 +731,88 @@ def _end_epoch(run: TrainRun, epoch: int, stats: _EpochStats, t0: float) -> bool
         f"{secs:.1f}s" + (" *" if improved else ""),
         rec,
     )
+    rng_ranks = _rng_states_of_ranks(run.d, run.device)
     if run.d.main:
-        _save_checkpoints(run, rec, improved, stopped)
+        _save_checkpoints(run, rec, improved, stopped, rng_ranks)
     return stopped
 
 
-def _save_checkpoints(run: TrainRun, rec: dict, improved: bool, stopped: bool) -> None:
-    """RUN_DIR/best.pt when validation improved, and RUN_DIR/last.pt with all that --resume needs."""
+def _checkpoint(run: TrainRun, metrics: dict) -> dict:
     cache = run.cache
-    metrics = {**{k: rec[k] for k in ("epoch", "step", "val_loss", "val_acc1", "val_acc3")}, "best": run.best}
-    ckpt = make_checkpoint(
+    return make_checkpoint(
         run.model, cache.classes, metrics=metrics, encoding=cache.encoding,
         length_rules=cache.length_rules.to_dict(),
         encoding_version=int(cache.manifest.get("encoding_version", ENCODING_VERSION)),
     )  # fmt: skip
+
+
+def _train_state(run: TrainRun, epoch_done: int, stopped: bool, rng_ranks: list[dict] | None) -> dict:
+    """All that --resume needs besides the weights, after `epoch_done` complete epochs."""
+    return {
+        "epoch": epoch_done, "global_step": run.global_step, "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict(), "scaler": run.scaler.state_dict(), "best": run.best,
+        "bad_epochs": run.bad_epochs, "rng": _rng_state(run.device), "rng_ranks": rng_ranks,
+        "stopped": stopped, "stop_reason": run.stop_reason, "config": asdict(run.cfg),
+    }  # fmt: skip
+
+
+def _save_checkpoints(
+    run: TrainRun, rec: dict, improved: bool, stopped: bool, rng_ranks: list | None
+) -> None:
+    """RUN_DIR/best.pt when validation improved, and RUN_DIR/last.pt with all that --resume needs."""
+    metrics = {**{k: rec[k] for k in ("epoch", "step", "val_loss", "val_acc1", "val_acc3")}, "best": run.best}
+    ckpt = _checkpoint(run, metrics)
     if improved:
         save_checkpoint({**ckpt, "metrics": {**run.best, "best": run.best}}, run.out / "best.pt")
-    ckpt["train_state"] = {
-        "epoch": rec["epoch"], "global_step": run.global_step, "optimizer": run.opt.state_dict(),
-        "scheduler": run.sched.state_dict(), "scaler": run.scaler.state_dict(), "best": run.best,
-        "bad_epochs": run.bad_epochs, "rng": _rng_state(run.device), "stopped": stopped,
-        "stop_reason": run.stop_reason, "config": asdict(run.cfg),
+    ckpt["train_state"] = _train_state(run, rec["epoch"], stopped, rng_ranks)
+    save_checkpoint(ckpt, run.out / "last.pt")
+
+
+def _save_in_epoch(run: TrainRun, epoch: int, batches_done: int, sums: list[float], seconds: float) -> None:
+    """--save-every-steps: RUN_DIR/last.pt inside `epoch`, after `batches_done` of its batches (a step
+    boundary), with the epoch's running sums (over all ranks), so that --resume continues exactly here.
+    All ranks call it (they gather their RNG states); rank 0 writes."""
+    rng_ranks = _rng_states_of_ranks(run.d, run.device)
+    if not run.d.main:
+        return
+    ckpt = _checkpoint(run, {"epoch": epoch - 1, "step": run.global_step, "best": run.best})
+    ckpt["train_state"] = _train_state(run, epoch - 1, False, rng_ranks) | {
+        "in_epoch": {"epoch": epoch, "batches_done": batches_done, "loss_sum": sums[0], "correct": sums[1],
+                     "seen": sums[2], "train_seconds": seconds, "world": run.d.world},
     }  # fmt: skip
     save_checkpoint(ckpt, run.out / "last.pt")
+
+
+def _final_validation(run: TrainRun) -> dict | None:
+    """best.pt measured on the whole val split, once (a later leg whose best.pt did not change reuses it):
+    logged as kind `val_full` and stored in best.pt's metrics. None when there is no best.pt."""
+    best_path = run.out / "best.pt"
+    if not best_path.is_file():
+        return None
+    ckpt = load_checkpoint(best_path)
+    metrics = ckpt.get("metrics") or {}
+    done = metrics.get("val_full")
+    if done is not None and done.get("step") == metrics.get("step"):
+        rec = done
+    else:
+        run.model.load_state_dict(ckpt["model_state"])  # training is over: the model becomes best.pt's
+        val = (
+            evaluate(
+                run.model, run.cache, run.val_all, run.cfg.eval_batch_size, run.device, run.d, run.amp_dtype
+            )  # fmt: skip
+            if len(run.val_all) > len(run.val_idx)
+            else {k: metrics[k] for k in ("val_loss", "val_acc1", "val_acc3")} | {"val_n": len(run.val_all)}
+        )
+        rec = {"kind": "val_full", "of": "best.pt", "epoch": metrics.get("epoch"), "step": metrics.get("step"),
+               **val}  # fmt: skip
+        if run.d.main:
+            save_checkpoint({**ckpt, "metrics": {**metrics, "val_full": rec}}, best_path)
+    run.log(
+        f"best.pt on the whole val split ({rec['val_n']:,} drawings): val_loss={rec['val_loss']:.4f} "
+        f"val_acc1={rec['val_acc1']:.3f} val_acc3={rec['val_acc3']:.3f}",
+        rec,
+    )
+    return rec
 
 
 def _summary(run: TrainRun, epoch: int) -> dict:

@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--include-unrecognized", action="store_true",
                    help="with data files, also evaluate drawings the game did not recognise")  # fmt: skip
+    p.add_argument("--max-drawings", type=int, default=0, metavar="N",
+                   help="evaluate a fixed random subset of at most N drawings (seeded; summary.json records it): "
+                   "a big cache's whole test split takes long on a CPU; 0: all (default)")  # fmt: skip
     p.add_argument("--no-early", dest="early", action="store_false",
                    help="skip the early-guessing curve (accuracy on the first strokes/points of each drawing)")  # fmt: skip
     p.add_argument("--early-max", type=int, default=5000, metavar="N",
@@ -51,12 +54,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--batch-size must be at least 1")
     if args.early_max < 0:
         raise UserError("--early-max must be 0 (all drawings) or more")
+    if args.max_drawings < 0:
+        raise UserError("--max-drawings must be 0 (all drawings) or more")
     if args.num_threads is not None and args.num_threads < 1:
         raise UserError("--num-threads must be at least 1")
     s = run_evaluation(
         args.checkpoint, args.data, args.out, split=args.split, batch_size=args.batch_size, device=args.device,
         recognized_only=not args.include_unrecognized, progress=args.progress and sys.stderr.isatty(),
         early=args.early, early_max=args.early_max or None, num_threads=args.num_threads,
+        max_drawings=args.max_drawings or None,
     )  # fmt: skip
     m = s["metrics"]
     cls = s["classes"]
@@ -74,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     if sk["total"]:
         print(f"skipped {sk['total']} drawing(s): " + ", ".join(f"{r}: {k}" for r, k in sk["by_reason"].items() if k),
               file=sys.stderr)  # fmt: skip
+    if s["data"].get("sample"):
+        print(f"evaluated {s['data']['sample']['rule']}", file=sys.stderr)
     print(
         f"{plural(s['n_drawings'], 'drawing')}, {plural(len(cls['evaluated']), 'class', 'classes')}: top-1 {m['top1']:.4f}, top-3 {m['top3']:.4f}, "
         f"macro F1 {m['macro']['f1']:.4f}, NLL {m['nll']:.4f}, ECE {m['ece']:.4f} (15 equal-width bins), "

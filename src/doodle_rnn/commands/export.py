@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "export a checkpoint to ONNX (optionally int8-quantised), verified against torch"
+HELP = "export a checkpoint to ONNX (verified against torch), or the drawing page as a static site (--web)"
 DESCRIPTION = (
-    "Write the model of a checkpoint as an ONNX graph that takes padded x [B, T, 3] and lengths [B] "
-    "(dynamic batch and length) and returns logits, with classes, encoding, length rules and temperature "
-    "in its metadata, so `doodle serve` and `Classifier.load` can run it with ONNX Runtime alone. The "
-    "export is checked against torch on drawings of mixed lengths and refused if any logit differs by "
-    "more than --tolerance. --quantize int8 also writes dynamically quantised weights (smaller; check "
-    "its accuracy with `doodle predict`: it is not the default)."
+    "--onnx OUT: write the model of a checkpoint as an ONNX graph that takes padded x [B, T, 3] and "
+    "lengths [B] (dynamic batch and length) and returns logits, with classes, encoding, length rules and "
+    "temperature in its metadata, so `doodle serve` and `Classifier.load` can run it with ONNX Runtime "
+    "alone. The export is checked against torch on drawings of mixed lengths and refused if any logit "
+    "differs by more than --tolerance. --quantize int8 also writes dynamically quantised weights (smaller; "
+    "check its accuracy with `doodle predict`: it is not the default). "
+    "--web DIR: write the drawing page as a static site that recognises in the browser with no server "
+    "(ONNX Runtime Web, float16 weights): `python -m http.server -d DIR` or any static host serves it; "
+    "every --checkpoint given is offered (default: the shipped models), the first is the default."
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
-        required=True,
-        help="the .pt checkpoint to export, or a shipped model's name (animals10)",
+        nargs="+",
+        metavar="NAME_OR_PATH",
+        help="the .pt checkpoint (or shipped model's name, animals10) to export; --web takes several, "
+        ".onnx files too (default for --web: every shipped model)",
     )
-    p.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--onnx", metavar="OUT", help="the .onnx file to write")
+    out.add_argument("--web", metavar="DIR", help="the folder to write the static site to")
+    p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16",
+                   help="--web: weights stored as float16 (half the download; computed in float32) or float32")  # fmt: skip
+    p.add_argument("--ort-dir", metavar="DIR",
+                   help="--web: onnxruntime-web's dist folder (default: node_modules/ from scripts/install.sh)")  # fmt: skip
     p.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="int8: dynamic int8 weight quantisation of the written file")  # fmt: skip
     p.add_argument(
@@ -34,6 +45,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.web:
+        return _run_web(args)
+    return _run_onnx(args)
+
+
+def _run_web(args: argparse.Namespace) -> int:
+    import json
+
+    from doodle_rnn.server.models import shipped_on_disk
+    from doodle_rnn.web import export_site
+
+    specs = args.checkpoint or list(shipped_on_disk())
+    result = export_site(args.web, specs, args.precision, args.ort_dir)
+    print(json.dumps(result))
+    print(f"serve it with: python -m http.server -d {args.web}  (then open http://localhost:8000/)")
+    return 0
+
+
+def _run_onnx(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
@@ -53,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     use_threads(args.num_threads, args.check_drawings)
     if out.suffix.lower() != ".onnx":
         raise UserError(f"--onnx {out}: the output name must end in .onnx")
-    ckpt = load_checkpoint(args.checkpoint)
+    if not args.checkpoint or len(args.checkpoint) != 1:
+        raise UserError("--onnx exports one model: give exactly one --checkpoint")
+    ckpt = load_checkpoint(args.checkpoint[0])
     export_onnx(ckpt, out)
     # Parity on drawings of mixed lengths in batches of 16 (padding must not change any logit).
     strokes = [d.strokes for d in generate(max(args.check_drawings, 2), seed=7)]

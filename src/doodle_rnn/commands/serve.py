@@ -82,13 +82,9 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from doodle_rnn.cli import UserError
-    from doodle_rnn.models import resolve_model
+    from doodle_rnn.model_files import read_model_file, resolve_model_file
 
-    args.checkpoint = str(resolve_model(args.checkpoint))
-    if not Path(args.checkpoint).is_file():
-        from doodle_rnn.text import missing_model_message
-
-        raise UserError(missing_model_message(args.checkpoint, "model"))
+    args.checkpoint = str(resolve_model_file(args.checkpoint))  # once; a missing model stops here
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, not {args.workers}")
     limits = {"max_body_bytes": args.max_body_bytes, "max_strokes": args.max_strokes,
@@ -101,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         from doodle_rnn.server.app import Limits, create_app
         from doodle_rnn.text import plural
 
-        app = create_app(args.checkpoint, Limits(**limits), args.backend)
+        app = create_app(read_model_file(args.checkpoint), Limits(**limits), args.backend)
         info = app.state.classifier.info
         print(f"model: {Path(args.checkpoint).resolve()} ({plural(len(info['classes']), 'class', 'classes')}, "
               f"encoding {info['encoding']}, backend {info['backend']})", flush=True)  # fmt: skip

@@ -81,6 +81,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in RUN_DIR (without it, a RUN_DIR holding a run is refused)")  # fmt: skip
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--val-max", type=int, default=TrainConfig.val_max, metavar="N",
+                   help="validate each epoch on a fixed random subset of N val drawings (seeded by --seed: the "
+                   "same every epoch and on --resume); 0: the whole split (default: %(default)s)")  # fmt: skip
+    p.add_argument("--final-val", action=argparse.BooleanOptionalAction, default=TrainConfig.final_val,
+                   help="after training, evaluate best.pt once on the whole val split (logged as kind "
+                   "val_full in metrics.jsonl and stored in best.pt's metrics)")  # fmt: skip
+    p.add_argument("--save-every-steps", type=int, default=None, metavar="N",
+                   help="also write RUN_DIR/last.pt every N optimizer steps, so that --resume continues "
+                   "mid-epoch exactly (default: at the end of each epoch only)")  # fmt: skip
     p.add_argument(
         "--grad-accum",
         type=int,

@@ -35,6 +35,7 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, Field, ValidationE
 from pydantic_core import PydanticCustomError
 
 from doodle_rnn.inference import Classifier, Prediction
+from doodle_rnn.model_files import ModelFile
 from doodle_rnn.server.models import Entry, ModelRegistry, UnknownModel
 
 log = logging.getLogger("doodle_rnn.server")
@@ -375,9 +376,13 @@ def _result(p: Prediction, clf: Classifier, view: bool) -> dict:
 
 # --------------------------------------------------------------------------------------- app
 def create_app(
-    checkpoint_path: str | Path, limits: Limits | None = None, backend: str = "auto", shipped: bool = True
+    checkpoint_path: str | Path | ModelFile,
+    limits: Limits | None = None,
+    backend: str = "auto",
+    shipped: bool = True,
 ) -> FastAPI:
-    """The app for a model (`.pt` checkpoint, exported `.onnx` or a shipped model's name), its default.
+    """The app for a model (`.pt` checkpoint, exported `.onnx`, a shipped model's name, or a `ModelFile`
+    already read by `model_files.open_model`), its default.
 
     shipped: also offer every shipped model that is installed, by name (`"model"` in a request), each
     loaded on its first use (server/models.py).

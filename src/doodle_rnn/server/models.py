@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from doodle_rnn.inference import Classifier
+from doodle_rnn.inference import Classifier, InferenceError
+from doodle_rnn.model_files import ModelFile, ModelFileError, open_model
 
 log = logging.getLogger("doodle_rnn.server")
 
@@ -63,12 +64,13 @@ class ModelRegistry:
     """Name -> model, loaded lazily and cached; `make_engine(classifier)` builds what serves a loaded model
     (an object with `close()`: the server's batcher thread), also on first use."""
 
-    def __init__(self, checkpoint: str | Path, backend: str, make_engine: Callable[[Classifier], object],
+    def __init__(self, checkpoint: str | Path | ModelFile, backend: str, make_engine: Callable[[Classifier], object],
                  shipped: bool = True):  # fmt: skip
         self.backend = backend
         self._make_engine = make_engine
-        clf = Classifier.load(checkpoint, backend=backend)
-        path = Path(clf.source)
+        model = checkpoint if isinstance(checkpoint, ModelFile) else _open(checkpoint)
+        clf = Classifier.from_model(model, backend)
+        path = model.path
         self.default = clf.name or path.stem
         self._entries: dict[str, Entry] = {self.default: Entry(path, classifier=clf)}
         self._lock = threading.Lock()
@@ -106,7 +108,7 @@ class ModelRegistry:
         if e.engine is None:
             with self._lock:  # one load per model, however many requests ask at once
                 if e.classifier is None:
-                    e.classifier = Classifier.load(e.path, backend=self.backend)
+                    e.classifier = Classifier.from_model(_open(e.path), self.backend)
                     log.info("loaded model %r from %s", name, e.path)
                 if e.engine is None:
                     e.engine = self._make_engine(e.classifier)
@@ -142,14 +144,14 @@ class ModelRegistry:
                     e.engine = None
 
 
+def _open(spec: str | Path) -> ModelFile:
+    """The model file `spec` names, read once (a file that cannot be read: InferenceError naming it)."""
+    try:
+        return open_model(spec)
+    except ModelFileError as exc:
+        raise InferenceError(str(exc)) from exc
+
+
 def _read_metadata(path: Path) -> dict:
-    if path.suffix.lower() == ".onnx":
-        from doodle_rnn.export import read_metadata
-
-        meta = read_metadata(path)
-    else:
-        from doodle_rnn.checkpoint import load_checkpoint
-        from doodle_rnn.export import metadata_from_checkpoint
-
-        meta = metadata_from_checkpoint(load_checkpoint(path))
+    meta = _open(path).meta
     return {"classes": list(meta["classes"]), "card": dict(meta.get("card") or {})}

@@ -1,5 +1,8 @@
 // The drawing page: capture raw pen strokes (x, y, t per point), send them as they are, show guesses.
 //
+// Guesses come from the server's API, or, on a static site from `doodle export --web`, from doodle.js
+// in the page answering the same API questions (see "guesses without a server" below).
+//
 // Nothing here preprocesses a drawing: the server normalises and encodes exactly as training did, so
 // the page only records what the pointer did (CSS pixels of the canvas, milliseconds since the first
 // point) and displays what the API answers, including the drawing as the model saw it.
@@ -219,6 +222,8 @@
    * the API's own error (`refused`: true, the message is the API's).
    */
   async function api(path, init = {}, timeoutMs = REQUEST_TIMEOUT_MS) {
+    const inPage = await inPageApi();
+    if (inPage) return inPage(path, init);
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), timeoutMs);
     let res, text;
@@ -246,6 +251,56 @@
       throw err;
     }
     return body;
+  }
+
+  // ---------------------------------------------------------------- guesses without a server
+  // A static site from `doodle export --web` has models.json beside the page. Then the page answers its
+  // own API questions in the page, with doodle.js running the model (ONNX Runtime Web): the same answers
+  // in the same shapes, so everything above works unchanged. Without models.json it asks the server.
+  let inPageApiPromise = null;
+
+  function inPageApi() {
+    inPageApiPromise ??= fetch("models.json")
+      .then((r) => (r.ok ? r.json() : null))
+      .catch(() => null)
+      .then((site) => (site && site.format === "doodle-rnn-web" ? siteApi(site) : null));
+    return inPageApiPromise;
+  }
+
+  async function siteApi(site) {
+    const doodleJs = await import(new URL("static/doodle.js", document.baseURI).href);
+    const loading = new Map(); // model name -> Promise<Recognizer>
+    function recognizer(name) {
+      const m = site.models.find((x) => x.name === (name || site.default));
+      if (!m) return Promise.reject(Object.assign(new Error(`model: unknown model ${name}`), { refused: true }));
+      if (!loading.has(m.name)) {
+        loading.set(m.name, doodleJs.Recognizer.load(m.file).catch((e) => {
+          loading.delete(m.name); // a later use tries again
+          throw new Error(`Could not load the model in this page (${e.message})`);
+        }));
+      }
+      return loading.get(m.name);
+    }
+    return async (path, init) => {
+      const [route, query] = path.split("?");
+      const body = init.body ? JSON.parse(init.body) : {};
+      const name = body.model || new URLSearchParams(query || "").get("model");
+      if (route === "api/models") {
+        const models = site.models.map((m) => ({ ...m, default: m.name === site.default, loaded: loading.has(m.name) }));
+        return { default: site.default, models };
+      }
+      const rec = await recognizer(name);
+      if (route === "api/model") return { ...rec.info, name: rec.name, backend: "onnxruntime-web (wasm)" };
+      if (route === "api/classes") return { classes: rec.classes };
+      if (route !== "api/predict") throw new Error(`${route} is not part of a static site`);
+      const p = await rec.analyze(body.strokes, body.top_k || 3);
+      return {
+        top: p.top.map(([c, q]) => ({ class: c, probability: q })),
+        steps: p.steps,
+        short: p.short,
+        model_view: doodleJs.featuresToStrokes(p.features, rec.encoding),
+      };
+    };
   }
 
   function setStatus(text, isError) {
@@ -415,7 +470,8 @@
     model.name = info.name || "";
     model.card = card;
     model.threshold = typeof t === "number" && t > 0 && t <= 1 ? t : null;
-    $("model-info").textContent = modelLine(model.name, card.test, model.threshold);
+    const where = String(info.backend || "").startsWith("onnxruntime-web") ? " · runs in this browser" : "";
+    $("model-info").textContent = modelLine(model.name, card.test, model.threshold) + where;
     const details = [];
     if (card.test && card.test.data) details.push(`test data: ${card.test.data}`);
     if (card.test && typeof card.test.top3 === "number") details.push(`top-3 ${pct(card.test.top3)}`);
@@ -658,5 +714,5 @@
 
   window.addEventListener("resize", resizeCanvas);
   resizeCanvas();
-  window.doodle.modelLoaded = loadModels().then(loadModel);
+  window.doodle.modelLoaded = inPageApi().then(loadModels).then(loadModel);
 })();
