@@ -62,6 +62,7 @@ def status() -> str:
 
 
 def is_compiled() -> bool:
+    """True where this process runs the compiled cell (building or loading it on first call)."""
     return kernel() is not python_kernel
 
 
