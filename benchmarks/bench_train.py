@@ -150,7 +150,8 @@ def main() -> int:
         child = subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.PIPE, text=True)
         whole_epoch = time.perf_counter() - t0
         steal = cpu_steal(since=steal0)
-        rec = [json.loads(x) for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+        records = [json.loads(x) for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+        rec = [r for r in records if r.get("kind") == "epoch"][-1]  # not the closing val_full record
         child_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         n_train = int(round(rec["train_drawings_per_s"] * rec["train_seconds"]))
         from doodle_rnn.checkpoint import build_model, load_checkpoint

@@ -13,6 +13,9 @@ fi
 .venv/bin/python -m pip install -q --upgrade "pip>=24,<27"
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test]"
+# The compiled GRU cell (C++, built for this torch and CPU; ~30 s of CPU): says what it did and how long
+# it took, and where it cannot be built, that training uses the Python kernel (the install goes on).
+.venv/bin/python -m doodle_rnn.gru_cell
 # ONNX Runtime Web for `doodle export --web` (pinned in package.json / package-lock.json; MIT).
 if command -v npm >/dev/null 2>&1; then
   npm ci --no-audit --no-fund --ignore-scripts --loglevel=error \

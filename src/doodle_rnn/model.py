@@ -8,8 +8,9 @@ Two ways to run the same weights, with the same numbers (tests hold them to 1e-5
 
 - `packed`: `nn.GRU` over a packed sequence, the reference's way; cuDNN on CUDA, and the path used
   when tracing/exporting (ONNX) and for LSTM.
-- `fused` (the CPU default for GRU training, and for inference with bf16 products): `_GRUScan`
-  below, a GRU written for this shape of work. The batch is sorted by length and packed (only the
+- `fused` (the CPU default for GRU training, and for inference with bf16 products): `gru_final_states`
+  below over `gru_cell.gru_scan`, a GRU written for this shape of work (its time loop compiled C++ where
+  the machine can build it, see `doodle_rnn.gru_cell`). The batch is sorted by length and packed (only the
   steps of drawings still running are stored or computed, like a `PackedSequence`); the reverse
   direction runs forward over each drawing flipped within its own length, so it starts at the
   drawing's true end; input projections are one matrix product over all packed steps, and the
@@ -26,6 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
+
+from doodle_rnn import gru_cell
+from doodle_rnn.gru_cell import gru_scan
 
 IMPLS = ("auto", "fused", "packed")
 
@@ -84,11 +88,17 @@ class GRUClassifier(nn.Module):
         if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
             return False
         # auto: on CPU the fused kernel for training, and for inference when its products run in bf16
-        # (validation 2,600-2,830 vs 1,530-1,740 drawings/s); in fp32 inference the two are even
-        # (1,510-1,640 vs 1,530-1,740) and nn.GRU is the reference's own code.
+        # (validation 2,600-2,830 vs 1,530-1,740 drawings/s) or when the compiled cell runs it on several
+        # threads (each direction on its own thread: 121-211 vs 58-79 drawings/s for nn.GRU with 2 threads
+        # on a busy 2-core box). With one thread and fp32 the two are even (552-587 vs 611-690/s) and
+        # nn.GRU is the reference's own code.
         if self.impl == "fused":
             return True
-        return x.device.type == "cpu" and (torch.is_grad_enabled() or self.matmul_dtype is not None)
+        if x.device.type != "cpu":
+            return False
+        if torch.is_grad_enabled() or self.matmul_dtype is not None:
+            return True
+        return torch.get_num_threads() > 1 and gru_cell.is_compiled()
 
     def final_states(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Last layer's final hidden state(s), both directions concatenated: [B, H * dirs]."""
@@ -165,148 +175,6 @@ class _ConvFrontEnd(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _mm_add_fp32(add: torch.Tensor, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
-    """out[i] = add[i] + a[i] @ w[i] for each direction i, in fp32.
-
-    One 2-D product per direction: MKL reads the strided rows directly, where a batched `baddbmm`
-    copies them (~1.8x slower).
-    """
-    for i in range(len(a)):
-        torch.addmm(add[i], a[i], w[i], out=out[i])
-
-
-def _mm_add_bf16(add: torch.Tensor, a: torch.Tensor, w_bf16: torch.Tensor, out: torch.Tensor) -> None:
-    """out = add + a @ w_bf16 for all directions in one batched product with bf16 operands.
-
-    oneDNN runs it ~14% faster than one product per direction; the sum and `out` stay fp32.
-    """
-    torch.add(add, torch.bmm(a.to(w_bf16.dtype), w_bf16), out=out)
-
-
-class _GRUScan(torch.autograd.Function):
-    """The recurrent part of one GRU layer, all directions at once, over packed, length-sorted drawings.
-
-    x_proj: [D, N, 3H] input projections (x W_ih^T + b_ih, columns [n | r | z]), each direction in its own time order, D
-    directions, N packed rows (see the picture above); w_hh: [D, 3H, H]; b_hh: [D, 3H]; counts, starts:
-    the rows of each step; last: [B] the packed row of each drawing's final step; prev: [N - counts[0]]
-    the packed row of the previous step for every row after step 0. N may exceed the packed steps
-    (shape padding, see `_padded_rows`): those tail rows stay zero, and their `prev` entries point
-    anywhere. mm_dtype: None for fp32 products, torch.bfloat16 for bf16 products (states, gates and
-    gradients stay fp32). Returns the outputs (hidden states) [D, N, H] and the final states [D, B, H].
-
-    Why packed: nothing is computed or stored for padding. With randomly composed batches the longest
-    drawing is about 2.5x the mean, so padded buffers were mostly zeros, and allocating them (hundreds
-    of MB per batch, fresh pages from the kernel each time) cost as much as the arithmetic.
-    Why a hand-written backward: autograd over a Python time loop would compute small weight-gradient
-    products at every step; here the backward loop only carries the hidden-state gradient and the
-    weight gradients come from one large product over all steps afterwards.
-    """
-
-    @staticmethod
-    def forward(ctx, x_proj, w_hh, b_hh, counts, starts, last, prev, mm_dtype=None):  # type: ignore[override]
-        dirs, rows, three_h = x_proj.shape
-        hidden = three_h // 3
-        batch = counts[0] if counts else 0
-        save = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        if mm_dtype is None:
-            mm_add, w_hh_t, bias = _mm_add_fp32, w_hh.transpose(1, 2).contiguous(), b_hh
-        else:
-            mm_add, w_hh_t, bias = (
-                _mm_add_bf16,
-                w_hh.transpose(1, 2).contiguous().to(mm_dtype),
-                b_hh.unsqueeze(1),
-            )
-        states = x_proj.new_empty(dirs, rows, hidden)
-        used = starts[-1] + counts[-1] if counts else 0
-        states[:, used:] = 0  # rows past the packed steps (shape padding) stay zero
-        # Per row: the hidden projection h W_hh^T + b_hh (its n part is needed backward) and the gates
-        # r, z, n after their nonlinearities. Kept for every row when a backward pass will need them;
-        # without gradients (validation) one step's worth is reused.
-        h_proj_all = x_proj.new_empty(dirs, rows if save else batch, three_h)
-        gates_all = x_proj.new_empty(dirs, rows if save else batch, three_h)
-        h_zero = x_proj.new_zeros(dirs, batch, hidden)
-        for t, n in enumerate(counts):
-            row = starts[t]
-            buf = row if save else 0
-            h_prev = states[:, starts[t - 1] : starts[t - 1] + n] if t else h_zero
-            h_proj = h_proj_all[:, buf : buf + n]
-            gates = gates_all[:, buf : buf + n]
-            x_p = x_proj[:, row : row + n]
-            mm_add(bias, h_prev, w_hh_t, h_proj)
-            r_z = gates[..., : 2 * hidden]  # r and z together: the same sum and sigmoid
-            torch.add(x_p[..., hidden:], h_proj[..., : 2 * hidden], out=r_z)
-            r_z.sigmoid_()
-            cand = gates[..., 2 * hidden :]  # n
-            torch.addcmul(x_p[..., :hidden], r_z[..., :hidden], h_proj[..., 2 * hidden :], out=cand)
-            cand.tanh_()
-            torch.lerp(cand, h_prev, r_z[..., hidden:], out=states[:, row : row + n])
-        final = states[:, last]
-        if save:
-            ctx.save_for_backward(w_hh, states, h_proj_all, gates_all, prev)
-            ctx.counts, ctx.starts = counts, starts
-            ctx.mm_dtype = mm_dtype
-        ctx.set_materialize_grads(False)
-        return states, final
-
-    @staticmethod
-    def backward(ctx, g_states, g_final):  # type: ignore[override]
-        w_hh, states, h_proj_all, gates_all, prev = ctx.saved_tensors
-        counts, starts, mm_dtype = ctx.counts, ctx.starts, ctx.mm_dtype
-        if mm_dtype is None:
-            mm_add, w_hh_mm = _mm_add_fp32, w_hh
-        else:
-            mm_add, w_hh_mm = _mm_add_bf16, w_hh.to(mm_dtype)
-        dirs, rows, hidden = states.shape
-        batch = counts[0]
-        # d_h: gradient of the loss with respect to the running hidden state (rows of one step)
-        d_h = g_final.clone() if g_final is not None else states.new_zeros(dirs, batch, hidden)
-        # gradients of the pre-activations, one buffer [n's input part | r | z | n-part of h W_hh^T + b_hh]:
-        # [..., :3H] is the input projection's gradient, [..., H:] the hidden projection's (see above)
-        d_all = states.new_empty(dirs, rows, 4 * hidden)
-        d_all[:, starts[-1] + counts[-1] :] = 0
-        h_zero = states.new_zeros(dirs, batch, hidden)
-        one = states.new_ones(())  # 1 - x as addcmul(one, x, x, value=-1) etc.: no scalar tensor per op
-        for t in range(len(counts) - 1, -1, -1):
-            n, row = counts[t], starts[t]
-            d_ht = d_h[:, :n]
-            if g_states is not None:
-                d_ht += g_states[:, row : row + n]
-            gates = gates_all[:, row : row + n]
-            r, z, cand = gates[..., :hidden], gates[..., hidden : 2 * hidden], gates[..., 2 * hidden :]
-            h_proj_n = h_proj_all[:, row : row + n, 2 * hidden :]
-            d_row = d_all[:, row : row + n]
-            d_cand, d_gates = d_row[..., :hidden], d_row[..., hidden:]  # d_gates: [r | z | n_h]
-            d_hz = d_ht * z
-            # n = tanh(.) -> d_n_pre = dh (1 - z) (1 - n^2)
-            torch.sub(d_ht, d_hz, out=d_cand)
-            d_cand.mul_(torch.addcmul(one, cand, cand, value=-1))
-            # z gate: dz_pre = dh (h_prev - n) z (1 - z)
-            h_prev = states[:, starts[t - 1] : starts[t - 1] + n] if t else h_zero
-            torch.mul(
-                d_ht * (h_prev - cand),
-                torch.addcmul(z, z, z, value=-1),
-                out=d_gates[..., hidden : 2 * hidden],
-            )
-            # r gate: dr_pre = d_n_pre (h W_hn^T + b_hn) r (1 - r)
-            torch.mul(d_cand * h_proj_n, torch.addcmul(r, r, r, value=-1), out=d_gates[..., :hidden])
-            torch.mul(d_cand, r, out=d_gates[..., 2 * hidden :])
-            # dh_{t-1} = dh z + d_gates W_hh
-            mm_add(d_hz, d_gates, w_hh_mm, d_h[:, :n])
-        g_x_proj = d_all[..., : 3 * hidden] if ctx.needs_input_grad[0] else None  # [n_in | r | z]: a view
-        d_gates_all = d_all[..., hidden:]
-        g_w = g_b = None
-        if ctx.needs_input_grad[1]:
-            # sum over steps t >= 1 of d_gates_t^T h_{t-1}; step 0 (h_{-1} = 0) adds nothing
-            d_gates_later, h_prev_rows = d_gates_all[:, batch:], states[:, prev]
-            if mm_dtype is not None:
-                d_gates_later, h_prev_rows = d_gates_later.to(mm_dtype), h_prev_rows.to(mm_dtype)
-            g_w = torch.stack([torch.mm(d_gates_later[i].t(), h_prev_rows[i]) for i in range(dirs)])
-            g_w = g_w.to(w_hh.dtype)
-        if ctx.needs_input_grad[2]:
-            g_b = d_gates_all.sum(dim=1)
-        return g_x_proj, g_w, g_b, None, None, None, None, None
-
-
 class _Flip(torch.autograd.Function):
     """Rows of `x` reordered by `flip`, a permutation that is its own inverse (time reversal per drawing).
 
@@ -347,29 +215,89 @@ def _padded_rows(rows: int) -> int:
     return -(-rows // granule) * granule
 
 
-def _input_proj_fp32(inputs: list[torch.Tensor], w_ih: torch.Tensor, b_ih: torch.Tensor) -> torch.Tensor:
-    """x W_ih^T + b_ih for every packed row of each direction's input, in fp32: [D, N, 3H]."""
-    return torch.stack([torch.addmm(b_ih[i], inputs[i], w_ih[i].t()) for i in range(len(inputs))])
+def _low_mm(a: torch.Tensor, b: torch.Tensor, mm_dtype: torch.dtype | None) -> torch.Tensor:
+    """a @ b, with `mm_dtype` operands when given (the result back in a's precision)."""
+    if mm_dtype is None:
+        return torch.mm(a, b)
+    return torch.mm(a.to(mm_dtype), b.to(mm_dtype)).to(a.dtype)
 
 
-def _input_proj_bf16(
-    inputs: list[torch.Tensor], w_ih: torch.Tensor, b_ih: torch.Tensor, mm_dtype: torch.dtype
+class _InputProj(torch.autograd.Function):
+    """x W_ih^T + b_ih for every packed row of each direction, written into one [D, N, 3H] buffer.
+
+    Each direction's input comes in `k` parts side by side (layer 2 of a bidirectional GRU reads
+    [forward state | reverse state]); each part meets its own columns of W_ih, so the parts are never
+    concatenated, and the directions' products land in their slice of the result instead of being
+    stacked (the concatenation and the stack were 22% and 11% of the operator time of a fused
+    validation pass, one thread). With `mm_dtype` the products run in bf16 and are summed with the
+    bias in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, w_ih, b_ih, k, mm_dtype, *parts):  # type: ignore[override]
+        dirs = len(parts) // k
+        out = parts[0].new_empty(dirs, parts[0].shape[0], w_ih.shape[1])
+        for i in range(dirs):
+            col = 0
+            if mm_dtype is not None:
+                out[i].copy_(b_ih[i])  # the bias, to which the bf16 products are added in fp32
+            for j, part in enumerate(parts[i * k : (i + 1) * k]):
+                w_part = w_ih[i, :, col : col + part.shape[1]].t()
+                col += part.shape[1]
+                if mm_dtype is not None:
+                    out[i].add_(_low_mm(part, w_part, mm_dtype))
+                elif j == 0:
+                    torch.addmm(b_ih[i], part, w_part, out=out[i])
+                else:
+                    out[i].addmm_(part, w_part)
+        ctx.save_for_backward(w_ih, *parts)
+        ctx.k, ctx.mm_dtype = k, mm_dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        w_ih, *parts = ctx.saved_tensors
+        k, mm_dtype = ctx.k, ctx.mm_dtype
+        g_w = torch.empty_like(w_ih) if ctx.needs_input_grad[0] else None
+        g_parts = []
+        for i in range(len(parts) // k):
+            col = 0
+            for j, part in enumerate(parts[i * k : (i + 1) * k]):
+                cols = slice(col, col + part.shape[1])
+                col += part.shape[1]
+                if ctx.needs_input_grad[4 + i * k + j]:
+                    g_parts.append(_low_mm(g[i], w_ih[i, :, cols], mm_dtype))
+                else:
+                    g_parts.append(None)
+                if g_w is not None:
+                    g_w[i, :, cols] = _low_mm(g[i].t(), part, mm_dtype)
+        g_b = g.sum(dim=1) if ctx.needs_input_grad[1] else None
+        return g_w, g_b, None, None, *g_parts
+
+
+def _input_proj(
+    inputs: list[list[torch.Tensor]], w_ih: torch.Tensor, b_ih: torch.Tensor, mm_dtype: torch.dtype | None
 ) -> torch.Tensor:
-    """x W_ih^T + b_ih with bf16 operands; the bias is added to the product in fp32: [D, N, 3H]."""
-    w_low = w_ih.to(mm_dtype)
-    proj = torch.stack([torch.mm(inputs[i].to(mm_dtype), w_low[i].t()) for i in range(len(inputs))])
-    return proj.float() + b_ih.unsqueeze(1)
+    """x W_ih^T + b_ih for each direction's input, given as parts side by side: [D, N, 3H]."""
+    k = len(inputs[0])
+    return _InputProj.apply(w_ih, b_ih, k, mm_dtype, *[p for parts in inputs for p in parts])
 
 
 def gru_final_states(
-    gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor, training: bool, mm_dtype: torch.dtype | None = None
+    gru: nn.GRU,
+    x: torch.Tensor,
+    lengths: torch.Tensor,
+    training: bool,
+    mm_dtype: torch.dtype | None = None,
+    impl=None,
 ) -> torch.Tensor:
-    """The final states of `gru`'s last layer (all directions) for padded `x`, via `_GRUScan`.
+    """The final states of `gru`'s last layer (all directions) for padded `x`, via `gru_cell.gru_scan`.
 
     Equal to running `gru` over the packed sequence; padding past a drawing's length is never read.
     `mm_dtype=torch.bfloat16` runs the matrix products in bf16 while hidden states, gates and gradients
     stay fp32; the trainer asks for it where bf16 products measure >= 1.25x fp32 (`devices.cpu_bf16_speedup`:
-    0.5x to 4.8x on the machines measured so far).
+    0.5x to 4.8x on the machines measured so far). `impl`: a `gru_cell` kernel to use instead of this
+    process's choice (tests and benchmarks compare them).
     """
     bsz = x.shape[0]
     dev = x.device
@@ -382,7 +310,7 @@ def gru_final_states(
     counts_t = bsz - torch.cumsum(torch.bincount(lens, minlength=t_max + 1), 0)[:t_max]
     counts = counts_t.tolist()
     starts = (torch.cumsum(counts_t, 0) - counts_t).tolist()
-    # Packed layout (the picture above `_mm_add_fp32`): row of (step t, sorted drawing i) = pos[t, i]
+    # Packed layout (the picture above `_Flip`): row of (step t, sorted drawing i) = pos[t, i]
     running = torch.arange(t_max).unsqueeze(1) < lens.unsqueeze(0)  # [T, B]
     t_idx, b_idx = running.nonzero(as_tuple=True)  # in packed row order
     pos = torch.full((t_max, bsz), -1, dtype=torch.int64)
@@ -402,9 +330,9 @@ def gru_final_states(
     if dirs == 2:
         # each drawing reversed within its own length: (t, i) <-> (len_i - 1 - t, i), an involution
         flip = torch.cat([pos[lens[b_idx] - 1 - t_idx, b_idx], pad]).to(dev)
-        inputs = [packed, packed[flip]]
+        inputs = [[packed], [packed[flip]]]
     else:
-        inputs = [packed]
+        inputs = [[packed]]
     sfx = ["", "_reverse"][:dirs]
     hidden = gru.hidden_size
     n_r_z = torch.cat([torch.arange(2 * hidden, 3 * hidden), torch.arange(2 * hidden)]).to(dev)  # W_ih rows
@@ -415,24 +343,20 @@ def gru_final_states(
             w_hh = torch.stack([getattr(gru, f"weight_hh_l{layer}{s}") for s in sfx])
             b_ih = torch.stack([getattr(gru, f"bias_ih_l{layer}{s}") for s in sfx])[:, n_r_z]
             b_hh = torch.stack([getattr(gru, f"bias_hh_l{layer}{s}") for s in sfx])
-            if mm_dtype is None:
-                x_proj = _input_proj_fp32(inputs, w_ih, b_ih)
-            else:
-                x_proj = _input_proj_bf16(inputs, w_ih, b_ih, mm_dtype)
-            states, final = _GRUScan.apply(x_proj, w_hh, b_hh, counts, starts, last, prev, mm_dtype)
+            x_proj = _input_proj(inputs, w_ih, b_ih, mm_dtype)
+            states, final = gru_scan(x_proj, w_hh, b_hh, counts, starts, last, prev, mm_dtype, impl)
             if layer < gru.num_layers - 1:
                 if training and gru.dropout > 0:
                     states = _dropout(states, gru.dropout)
                 if dirs == 2:
                     # the next layer's input at each step: [forward state | reverse state] of that step,
-                    # in the forward time order for the forward direction and flipped for the reverse one
-                    fwd_in_rev_time = _Flip.apply(states[0], flip)
-                    rev_in_fwd_time = _Flip.apply(states[1], flip)
-                    inputs = [
-                        torch.cat([states[0], rev_in_fwd_time], -1),
-                        torch.cat([fwd_in_rev_time, states[1]], -1),
-                    ]
+                    # in the forward time order for the forward direction and flipped for the reverse one.
+                    # unbind, not states[0] and states[1]: its gradient is one stack, where each index's
+                    # is a zero-filled [D, N, H] tensor with its slice copied in
+                    fwd, rev = states.unbind(0)
+                    fwd_in_rev_time, rev_in_fwd_time = _Flip.apply(fwd, flip), _Flip.apply(rev, flip)
+                    inputs = [[fwd, rev_in_fwd_time], [fwd_in_rev_time, rev]]
                 else:
-                    inputs = [states[0]]
+                    inputs = [[states[0]]]
     final_cat = torch.cat(list(final), dim=-1)  # [B, D * H], sorted order
     return final_cat[torch.argsort(order_d)]

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from doodle_rnn import gru_cell
 from doodle_rnn.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from doodle_rnn.config import TrainConfig, TrainError
 from doodle_rnn.data.batches import EpochBatches, epoch_batches, eval_batches, rank_share, steps_per_rank
@@ -420,6 +421,7 @@ def _setup(cfg: TrainConfig, d: Dist) -> TrainRun:
     run.val_all = val_all
     if device.type == "cpu" and d.main:
         print(f"GRU products: {_cpu_products_reason(run.bf16_speedup, run.model.matmul_dtype)}", flush=True)
+        print(f"GRU cell: {gru_cell.status()}", flush=True)
     if resume_ckpt is not None:
         _restore(run, resume_ckpt)
     if d.world > 1:

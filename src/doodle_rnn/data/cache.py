@@ -275,13 +275,18 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def _lengths(offsets: np.ndarray, max_len: int, chunk: int = 1 << 22) -> np.ndarray:
+def _lengths(offsets: np.ndarray, max_len: int, where: Path, chunk: int = 1 << 22) -> np.ndarray:
     """Steps per drawing as int16 (int32 past 32,767 steps), computed in chunks from memory-mapped
     offsets: 2 bytes a drawing held, never a full int64 copy (400 MB at 50 million drawings)."""
     n = len(offsets) - 1
     out = np.empty(n, dtype=np.int16 if max_len < 2**15 else np.int32)
     for s in range(0, n, chunk):
-        out[s : s + chunk] = np.diff(offsets[s : s + chunk + 1])
+        d = np.diff(offsets[s : s + chunk + 1])
+        if len(d) and not 0 <= d.min() <= d.max() <= np.iinfo(out.dtype).max:
+            raise CacheError(
+                f"{where / 'offsets.npy'} does not fit the manifest's length rules; prepare it again"
+            )
+        out[s : s + chunk] = d
     return out
 
 
@@ -332,7 +337,7 @@ class DoodleCache:
         self.classes: list[str] = list(self.manifest["classes"])
         self.encoding: str = self.manifest["encoding"]
         self.length_rules = LengthRules(**self.manifest["length_rules"])
-        self.lengths = _lengths(self.offsets, self.length_rules.max_len)
+        self.lengths = _lengths(self.offsets, self.length_rules.max_len, self.path)
         self._file = None  # steps.npy opened for pread on first use
 
     def __len__(self) -> int:
