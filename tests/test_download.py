@@ -376,3 +376,33 @@ def test_library_rejects_unknown_names_and_paths_outside_out(tmp_path: Path) -> 
     assert class_url("The Eiffel Tower", "raw", "https://x.test/full/") == (
         "https://x.test/full/raw/The%20Eiffel%20Tower.ndjson"
     )
+
+
+def test_cli_full_disk_stops_keeps_the_part_and_a_rerun_resumes(mirror: Mirror, tmp_path: Path) -> None:
+    """A real limit from the operating system: files may hold at most 100 KB in the first run
+    (RLIMIT_FSIZE: the write past it fails with EFBIG, as a full disk fails with ENOSPC)."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "doodle_rnn", "download", "--retry-delay", "0.01", "--full", "--no-progress",
+            "--classes", "monkey", "cow", "--jobs", "1", "--out", str(out), "--base-url", mirror.url]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60, preexec_fn=limit)
+    assert proc.returncode == 1 and f"{out}: no space left" in proc.stderr, proc.stderr
+    assert "run the same command again to resume" in proc.stderr and "retrying" not in proc.stderr
+    kept = part_path(out / "monkey.ndjson").stat().st_size
+    assert 0 < kept <= 100_000 and not (out / "monkey.ndjson").exists()
+    assert mirror.requests_for("cow") == []  # stopped: the next class was not started on a full disk
+    again = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert "resumed" in again.stdout and mirror.requests_for("monkey")[-1] == f"bytes={kept}-"
+    src = DATA / "simplified"
+    assert (out / "monkey.ndjson").read_bytes() == (src / "monkey.ndjson").read_bytes()
+    assert (out / "cow.ndjson").read_bytes() == (src / "cow.ndjson").read_bytes()
+
+
+def test_cli_full_and_max_per_class_exclude_each_other(tmp_path: Path) -> None:
+    proc = _cli("--full", "--max-per-class", "5", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr

@@ -152,4 +152,4 @@ def test_prepare_cli_reports_skips_and_strict_fails(tmp_path: Path) -> None:
     assert strict.returncode == 2
     assert f"error: {path}:2: malformed JSON line" in strict.stderr
     assert not (tmp_path / "s").exists()
-    assert not list(tmp_path.glob(".s.tmp-*"))  # nothing half-written left behind
+    assert not list(tmp_path.glob(".s.tmp*"))  # nothing half-written left behind (work folder .s.tmp)

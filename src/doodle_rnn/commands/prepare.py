@@ -10,7 +10,9 @@ HELP = "read drawings (ndjson, raw, npz, csv), normalise, encode and write a mem
 DESCRIPTION = (
     "Read drawings from files or folders in any supported format, normalise raw captures to Google's "
     "simplified form, encode them as [dx, dy, pen_lift] steps and write one memory-mapped cache with "
-    "stable, key_id-hashed train/val/test splits."
+    "stable, key_id-hashed train/val/test splits. Memory stays under ~1 GB whatever the input size; the "
+    "work happens in the hidden folder .OUT.tmp beside OUT, and a run that was killed resumes from the "
+    "input files it had finished when the same command is run again."
 )
 
 
@@ -57,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
         jobs=args.jobs, strict=args.strict, progress=args.progress and sys.stderr.isatty(),
     )  # fmt: skip
     m = prepare_cache(cfg)
+    for note in m.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
+    if m.get("resumed_files"):
+        print(f"resumed: reused {plural(m['resumed_files'], 'input file')} finished by an interrupted run",
+              file=sys.stderr)  # fmt: skip
     skipped = m["skipped"]
     rep = SkipReport()
     for path, info in skipped["files"].items():

@@ -15,22 +15,20 @@ Splits are stable: a drawing's split is a function of a seeded hash of its key_i
 never moves a drawing between train and test; every class is split by the same fractions (stratified in
 expectation; the manifest records the exact counts). Duplicate key_ids are kept once.
 
-A crash or Ctrl-C never leaves a cache that loads: everything is written into a temporary sibling folder
-and renamed into place at the very end, and the loader requires the manifest's `complete` flag.
+A crash or Ctrl-C never leaves a cache that loads: everything is written into the hidden sibling folder
+`.NAME.tmp` and renamed into place at the very end, and the loader requires the manifest's `complete`
+flag. A rerun of an interrupted prepare resumes there from the input files it had finished
+(data/workdir.py). Memory stays bounded whatever the input size: each input file is encoded into
+spill files (data/shards.py) and merged by streaming passes over them (data/merge.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import time
-import uuid
-from collections import Counter
-from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +39,23 @@ from doodle_rnn.data.encode import (
     ENCODING_VERSION,
     LengthRules,
     check_encoding,
-    encode_stream,
     steps_to_features,
 )
-from doodle_rnn.data.formats import SkipReport, class_of_file, iter_drawings, list_data_files
+from doodle_rnn.data.formats import SkipReport, class_of_file, list_data_files
+from doodle_rnn.data.merge import BitSet, Plan, apply_caps, find_duplicates, write_arrays
+from doodle_rnn.data.shards import ShardInfo, encode_file, file_identity
+from doodle_rnn.data.splits import key_hash, split_of  # noqa: F401 (part of this module's API)
+from doodle_rnn.data.workdir import (
+    WorkFolder,
+    check_space,
+    estimate_cache_bytes,
+    human_bytes,
+    is_disk_full,
+    shard_stem,
+)
 from doodle_rnn.errors import DoodleError
 
 SPLITS = ("train", "val", "test")
-CHUNK = 4096
 FORMAT_VERSION = 1
 
 
@@ -76,104 +83,11 @@ class PrepareConfig:
     progress: bool = True
 
 
-@dataclass
-class _Shard:
-    path: str
-    size: int
-    n: int = 0
-    read: int = 0
-    too_short: int = 0
-    not_recognized: int = 0
-    other_class: int = 0
-    over_cap: int = 0
-    skips: SkipReport = field(default_factory=SkipReport)
-    words: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    # arrays; `steps` is dropped by the parent as soon as it is appended to the unordered steps file
-    steps: np.ndarray | None = None
-    lengths: np.ndarray | None = None
-    word_ids: np.ndarray | None = None
-    hashes: np.ndarray | None = None
-    key_ids: np.ndarray | None = None
-    steps_offset: int = 0  # byte offset of this shard's steps in the parent's unordered steps file
-
-
-def key_hash(key_ids: Iterable[str], seed: int) -> np.ndarray:
-    """Seeded 64-bit hash per key_id (blake2b: stable across runs, machines and Python versions)."""
-    salt = seed.to_bytes(8, "little", signed=True)
-    return np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8, salt=salt).digest(), "little")
-            for k in key_ids
-        ),
-        dtype=np.uint64,
-    )
-
-
-def split_of(hashes: np.ndarray, val_frac: float, test_frac: float) -> np.ndarray:
-    u = (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    out = np.zeros(len(hashes), dtype=np.uint8)
-    out[u < test_frac + val_frac] = 1
-    out[u < test_frac] = 2
-    return out
-
-
-def _process_file(path: str, cfg: PrepareConfig) -> _Shard:
-    """Worker: read one file, filter, encode in chunks. Memory: one file's steps.
-
-    The shard travels back to the parent in memory (one pickle) rather than through files: on slow
-    file systems creating a handful of files per input cost more than encoding a small class file.
-    """
-    t0 = time.perf_counter()
-    rules = LengthRules(cfg.min_len, cfg.max_len)
-    want = set(cfg.classes) if cfg.classes else None
-    shard = _Shard(path=path, size=os.path.getsize(path))
-    per_class: Counter = Counter()
-    word_index: dict[str, int] = {}
-    steps_parts, len_parts, word_parts, keys = [], [], [], []
-
-    def wanted() -> Iterator:
-        """The file's drawings that pass the filters, each counted where it is dropped."""
-        for d in iter_drawings(path, strict=cfg.strict, report=shard.skips):
-            shard.read += 1
-            if want is not None and d.word not in want:
-                shard.other_class += 1
-                continue
-            if not d.word:
-                shard.skips.add(path, shard.read, "no class label")
-                continue
-            if cfg.recognized_only and not d.recognized:
-                shard.not_recognized += 1
-                continue
-            if cfg.max_per_class is not None and per_class[d.word] >= cfg.max_per_class:
-                shard.over_cap += 1
-                continue
-            per_class[d.word] += 1
-            word_index.setdefault(d.word, len(word_index))
-            yield d
-
-    for steps, lengths, kept, too_short in encode_stream(wanted(), cfg.encoding, rules, CHUNK):
-        shard.too_short += too_short
-        steps_parts.append(steps)
-        len_parts.append(lengths)
-        word_parts.append(np.fromiter((word_index[d.word] for d in kept), np.int32, len(kept)))
-        keys.extend(d.key_id for d in kept)
-    shard.words = list(word_index)
-    lengths = np.concatenate(len_parts) if len_parts else np.zeros(0, np.int64)
-    shard.n = len(lengths)
-    shard.steps = np.concatenate(steps_parts) if steps_parts else np.zeros((0, 3), np.int16)
-    shard.lengths = lengths
-    shard.word_ids = np.concatenate(word_parts) if word_parts else np.zeros(0, np.int32)
-    shard.hashes = key_hash(keys, cfg.seed)
-    shard.key_ids = np.array(keys, dtype="S") if keys else np.zeros(0, "S1")
-    shard.seconds = time.perf_counter() - t0
-    return shard
-
-
 def prepare_cache(cfg: PrepareConfig) -> dict:
-    """Build a cache from files or folders of any supported format; returns the manifest."""
-    from tqdm import tqdm
+    """Build a cache from files or folders of any supported format; returns the manifest.
 
+    Memory stays bounded whatever the input size (see data/shards.py and data/merge.py); a rerun after
+    a kill resumes from the finished input files (data/workdir.py)."""
     check_encoding(cfg.encoding)
     if not (0 <= cfg.val_frac < 1 and 0 <= cfg.test_frac < 1 and cfg.val_frac + cfg.test_frac < 1):
         raise CacheError("--val-frac and --test-frac must be >= 0 and sum to less than 1")
@@ -185,60 +99,81 @@ def prepare_cache(cfg: PrepareConfig) -> dict:
             raise CacheError(
                 f"none of the input files holds the requested classes ({', '.join(cfg.classes)})"
             )
-    out = Path(cfg.out)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    work = WorkFolder(Path(cfg.out), _job(cfg, files))
+    work.open()
     t0 = time.perf_counter()
     try:
-        shards: list[_Shard] = [None] * len(files)  # type: ignore[list-item]
-        bar = tqdm(total=len(files), unit="file", desc="prepare", disable=not cfg.progress)
-        unordered = tmp / "steps.unordered"
-        with open(unordered, "wb") as sink:
-
-            def take(i: int, shard: _Shard) -> None:
-                """Append the shard's steps to one file and keep only its small per-drawing arrays."""
-                shard.steps_offset = sink.tell()
-                sink.write(np.ascontiguousarray(shard.steps).tobytes())
-                shard.steps = None
-                shards[i] = shard
-                bar.update(1)
-                bar.set_postfix(drawings=sum(s.n for s in shards if s))
-
-            if cfg.jobs > 1 and len(files) > 1:
-                with ProcessPoolExecutor(max_workers=cfg.jobs) as pool:
-                    futures = {pool.submit(_process_file, str(f), cfg): i for i, f in enumerate(files)}
-                    for fut in as_completed(futures):
-                        take(futures[fut], fut.result())
-            else:
-                for i, f in enumerate(files):
-                    take(i, _process_file(str(f), cfg))
-        bar.close()
-        manifest = _merge(shards, tmp, cfg)
+        done = work.finished_shards(files)
+        todo = [f for i, f in enumerate(files) if i not in done]
+        check_space(work.path, estimate_cache_bytes(todo), f"the cache of {len(files)} input file(s)")
+        infos = _encode_all(files, done, work, cfg)
+        t_encoded = time.perf_counter()
+        manifest = _merge(infos, work, cfg)
         manifest["seconds"] = round(time.perf_counter() - t0, 3)
-        unordered.unlink()
-        _write_json(tmp / "manifest.json", manifest)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        manifest["phases"] = {
+            "encode_s": round(t_encoded - t0, 3),
+            "merge_s": round(time.perf_counter() - t_encoded, 3),
+        }
+        manifest["resumed_files"] = len(done)
+        manifest["notes"] = work.notes
+        _write_json(work.path / "manifest.json", manifest)
+        work.commit()
         return manifest
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except KeyboardInterrupt:
+        work.release()  # finished shards stay for the rerun, which resumes from them
+        raise
+    except BaseException as exc:
+        work.discard()
+        if is_disk_full(exc):
+            raise CacheError(
+                f"{work.path}: ran out of space while preparing the cache ({exc.strerror}); it needs "
+                f"about {human_bytes(estimate_cache_bytes(files))}; free some space or write --out on "
+                "another disk (the partial work was removed)"
+            ) from None
         raise
 
 
-def _merge(shards: list[_Shard], tmp: Path, cfg: PrepareConfig) -> dict:
-    """Global class list, de-duplication, per-class cap, splits; then one contiguous copy of the steps."""
-    words = (
-        sorted({w for s in shards for w in s.words})
-        if not cfg.classes
-        else [c for c in cfg.classes if any(c in s.words for s in shards)]
-    )
+def _job(cfg: PrepareConfig, files: list[Path]) -> dict:
+    """What a work folder's shards depend on: a rerun with a different job starts over."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "jobs", "progress", "inputs")}
+    return {"settings": settings, "files": [[str(f), *file_identity(f)] for f in files],
+            "format_version": FORMAT_VERSION, "package_version": __version__}  # fmt: skip
+
+
+def _encode_all(
+    files: list[Path], done: dict[int, ShardInfo], work: WorkFolder, cfg: PrepareConfig
+) -> list[ShardInfo]:
+    """Every input file's shard, in input order: finished ones reused, the others encoded (in parallel)."""
+    from tqdm import tqdm
+
+    infos: list[ShardInfo | None] = [done.get(i) for i in range(len(files))]
+    todo = [i for i in range(len(files)) if i not in done]
+    bar = tqdm(total=len(files), initial=len(done), unit="file", desc="prepare", disable=not cfg.progress)
+
+    def take(i: int, info: ShardInfo) -> None:
+        infos[i] = info
+        bar.update(1)
+        bar.set_postfix(drawings=sum(s.n for s in infos if s))
+
+    args = [(str(files[i]), shard_stem(i), str(work.shards), cfg) for i in todo]
+    if cfg.jobs > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=cfg.jobs) as pool:
+            futures = {pool.submit(encode_file, *a): i for i, a in zip(todo, args, strict=True)}
+            for fut in as_completed(futures):
+                take(futures[fut], fut.result())
+    else:
+        for i, a in zip(todo, args, strict=True):
+            take(i, encode_file(*a))
+    bar.close()
+    return infos  # type: ignore[return-value]
+
+
+def _merge(infos: list[ShardInfo], work: WorkFolder, cfg: PrepareConfig) -> dict:
+    """Global class list, then de-duplication, per-class cap, splits and the arrays (data/merge.py)."""
+    present = {w for s in infos for w in s.words}
+    words = sorted(present) if not cfg.classes else [c for c in cfg.classes if c in present]
     if not words:
-        raise CacheError(_nothing_usable(shards, cfg))
+        raise CacheError(_nothing_usable(infos))
     missing = [c for c in cfg.classes or [] if c not in words]
     if missing and len(words) < 2:
         raise CacheError(
@@ -246,67 +181,22 @@ def _merge(shards: list[_Shard], tmp: Path, cfg: PrepareConfig) -> dict:
             f"{', '.join(words)} is left, and a classifier needs at least two classes"
         )
     class_id = {w: i for i, w in enumerate(words)}
-    lengths_a = np.concatenate([s.lengths for s in shards])
-    labels_a = np.concatenate(
-        [np.array([class_id[w] for w in s.words] or [0], dtype=np.int32)[s.word_ids] for s in shards]
-    )
-    hashes_a = np.concatenate([s.hashes for s in shards])
-    keep = np.zeros(len(hashes_a), dtype=bool)
-    keep[np.unique(hashes_a, return_index=True)[1]] = True  # first occurrence of every key_id
-    duplicates = int(len(keep) - keep.sum())
-    over_cap = 0
-    if cfg.max_per_class is not None:
-        idx = np.flatnonzero(keep)
-        order = np.argsort(labels_a[idx], kind="stable")
-        lab_sorted = labels_a[idx][order]
-        starts = np.searchsorted(lab_sorted, lab_sorted, side="left")
-        rank = np.empty(len(idx), dtype=np.int64)
-        rank[order] = np.arange(len(idx)) - starts
-        drop = idx[rank >= cfg.max_per_class]
-        keep[drop] = False
-        over_cap = len(drop)
-    splits_all = split_of(hashes_a, cfg.val_frac, cfg.test_frac)
+    maps = [np.array([class_id[w] for w in s.words] or [0], dtype=np.int64) for s in infos]
+    n_total = sum(s.n for s in infos)
+    plan = Plan(n_total=n_total, drop=BitSet(n_total), class_maps=maps)
+    find_duplicates(infos, work.shards, plan)
+    apply_caps(infos, work.shards, plan, len(words), cfg.max_per_class)
+    largest = max(s.n_steps * 6 for s in infos)
+    check_space(work.path, plan.n_steps * 6 + plan.n * (11 + plan.key_width) + largest, "the cache's arrays")
+    write_arrays(infos, work.shards, work.path, plan, (cfg.val_frac, cfg.test_frac))
+    counts = plan.counts.reshape(-1, 3)
+    return _manifest(infos, cfg, words, missing, plan, counts)
 
-    sel = np.flatnonzero(keep)
-    n = len(sel)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lengths_a[sel], out=offsets[1:])
-    steps_out = np.lib.format.open_memmap(
-        tmp / "steps.npy", mode="w+", dtype=np.int16, shape=(int(offsets[-1]), 3)
-    )
-    pos = 0
-    shard_start = 0
-    unordered = np.memmap(tmp / "steps.unordered", dtype=np.int16, mode="r").reshape(-1, 3) if n else None
-    for s in shards:
-        mask = keep[shard_start : shard_start + s.n]
-        if mask.any():
-            ln = lengths_a[shard_start : shard_start + s.n]
-            first = s.steps_offset // 6  # 3 int16 per step
-            steps = unordered[first : first + int(ln.sum())]
-            if mask.all():
-                chunk = steps
-            else:
-                starts = np.cumsum(ln) - ln
-                take = np.repeat(starts[mask], ln[mask]) + _ranges(ln[mask])
-                chunk = steps[take]
-            steps_out[pos : pos + len(chunk)] = chunk
-            pos += len(chunk)
-        shard_start += s.n
-    steps_out.flush()
-    del steps_out, unordered
-    key_arr = np.concatenate([s.key_ids for s in shards])[sel] if n else np.zeros(0, "S1")
-    np.save(tmp / "offsets.npy", offsets)
-    np.save(tmp / "labels.npy", labels_a[sel].astype(np.int16))
-    np.save(tmp / "splits.npy", splits_all[sel])
-    np.save(tmp / "key_ids.npy", key_arr)
 
-    counts = {
-        w: {sp: int(((labels_a[sel] == i) & (splits_all[sel] == k)).sum()) for k, sp in enumerate(SPLITS)}
-        for i, w in enumerate(words)
-    }
+def _manifest(infos: list[ShardInfo], cfg: PrepareConfig, words, missing, plan: Plan, counts) -> dict:
     skips = SkipReport()
-    for s in shards:
-        skips.merge(s.skips)
+    for s in infos:
+        skips.merge(s.skip_report())
     return {
         "complete": True,
         "format_version": FORMAT_VERSION,
@@ -317,10 +207,10 @@ def _merge(shards: list[_Shard], tmp: Path, cfg: PrepareConfig) -> dict:
         "length_rules": {"min_len": cfg.min_len, "max_len": cfg.max_len},
         "classes": words,
         "missing_classes": missing,  # requested with --classes, but no usable drawing in the inputs
-        "n_drawings": n,
-        "n_steps": int(offsets[-1]),
-        "split_counts": {sp: int((splits_all[sel] == k).sum()) for k, sp in enumerate(SPLITS)},
-        "counts": counts,
+        "n_drawings": plan.n,
+        "n_steps": plan.n_steps,
+        "split_counts": {sp: int(counts[:, k].sum()) for k, sp in enumerate(SPLITS)},
+        "counts": {w: {sp: int(counts[i, k]) for k, sp in enumerate(SPLITS)} for i, w in enumerate(words)},
         "split_rule": {
             "val_frac": cfg.val_frac,
             "test_frac": cfg.test_frac,
@@ -330,31 +220,31 @@ def _merge(shards: list[_Shard], tmp: Path, cfg: PrepareConfig) -> dict:
         "filters": {"recognized_only": cfg.recognized_only, "max_per_class": cfg.max_per_class},
         "sources": [
             {"path": s.path, "bytes": s.size, "read": s.read, "encoded": s.n, "seconds": round(s.seconds, 3)}
-            for s in shards
+            for s in infos
         ],
         "dropped": {
-            "too_short": sum(s.too_short for s in shards),
-            "not_recognized": sum(s.not_recognized for s in shards),
-            "other_class": sum(s.other_class for s in shards),
-            "over_max_per_class": sum(s.over_cap for s in shards) + over_cap,
-            "duplicate_key_id": duplicates,
+            "too_short": sum(s.too_short for s in infos),
+            "not_recognized": sum(s.not_recognized for s in infos),
+            "other_class": sum(s.other_class for s in infos),
+            "over_max_per_class": sum(s.over_cap for s in infos) + plan.over_cap,
+            "duplicate_key_id": plan.duplicates,
         },
         "skipped": skips.to_dict(),
     }
 
 
-def _nothing_usable(shards: list[_Shard], cfg: PrepareConfig) -> str:
+def _nothing_usable(infos: list[ShardInfo]) -> str:
     """The error when no drawing survived: every skipped and dropped count, with first file:line positions."""
     skips = SkipReport()
-    for s in shards:
-        skips.merge(s.skips)
-    read = sum(s.read for s in shards)
+    for s in infos:
+        skips.merge(s.skip_report())
+    read = sum(s.read for s in infos)
     lines = [f"no usable drawings in the inputs ({read} well-formed, {skips.total} bad record(s) skipped)"]
     lines += skips.summary_lines()
     dropped = {
-        "too short (under --min-len steps)": sum(s.too_short for s in shards),
-        "not recognised by the game (keep them with --all)": sum(s.not_recognized for s in shards),
-        "of other classes than --classes": sum(s.other_class for s in shards),
+        "too short (under --min-len steps)": sum(s.too_short for s in infos),
+        "not recognised by the game (keep them with --all)": sum(s.not_recognized for s in infos),
+        "of other classes than --classes": sum(s.other_class for s in infos),
     }
     lines += [f"dropped {k} drawing(s) {why}" for why, k in dropped.items() if k]
     if len(lines) == 1:

@@ -141,6 +141,10 @@ class _Unreachable(_Fatal):
     """The host cannot be resolved or refuses connections: retrying a DNS error only wastes minutes."""
 
 
+class _DiskFull(_Fatal):
+    """The output folder's disk is full: every other class stops too (the .part files stay, to resume)."""
+
+
 def class_url(word: str, fmt: str = "simplified", base_url: str = DEFAULT_BASE_URL) -> str:
     """`<base>/<fmt>/<word>.ndjson` with the word URL-escaped (`The%20Eiffel%20Tower.ndjson`)."""
     return f"{base_url.rstrip('/')}/{fmt}/{urllib.parse.quote(word)}.ndjson"
@@ -299,6 +303,9 @@ def _fetch_with_retries(
     if "error" in settings.unreachable:  # another class found the host unreachable: do not ask again
         result.error = settings.unreachable["error"]
         return result
+    if stop.is_set():
+        result.error = "stopped (disk full or interrupted)"
+        return result
     while True:
         result.attempts += 1
         before = part.stat().st_size if part.exists() else 0
@@ -309,6 +316,8 @@ def _fetch_with_retries(
             if not isinstance(exc, _Unreachable) or result.attempts == 1:
                 if isinstance(exc, _Unreachable):  # the other classes need not ask again
                     settings.unreachable.setdefault("error", str(exc))
+                if isinstance(exc, _DiskFull):
+                    stop.set()
                 result.error = str(exc)
                 say(f"{word}: failed: {exc} ({url})")
                 return result
@@ -417,10 +426,10 @@ def _attempt(
                 n = chunk.count(b"\n")
                 if cap is not None and lines + n >= cap:
                     chunk = chunk[: _nth_newline(chunk, cap - lines) + 1]
-                    f.write(chunk)
+                    _write(f, chunk, part, size)
                     bar.update(len(chunk))
                     return size + len(chunk), cap, True
-                f.write(chunk)
+                _write(f, chunk, part, size)
                 size += len(chunk)
                 lines += n
                 last = chunk[-1:]
@@ -430,6 +439,20 @@ def _attempt(
             part.unlink()
         raise _Retryable(f"connection dropped at byte {size} of {total}")
     return size, lines + (last not in (b"", b"\n")), False
+
+
+def _write(f, chunk: bytes, part: Path, size: int) -> None:
+    """Append one chunk; a full disk stops every class (each would fail the same way) and keeps the .part."""
+    try:
+        f.write(chunk)
+        f.flush()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise _DiskFull(
+            f"{part.parent}: no space left ({exc.strerror}) after {_human(size)} of this file; the "
+            f"partial file is kept: free some space and run the same command again to resume"
+        ) from exc
 
 
 _NO_ROUTE = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH}
