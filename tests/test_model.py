@@ -180,6 +180,9 @@ def test_bf16_validation_path_tracks_fp32_nn_gru():
         ref_logits, ref_states = m(x, lens), m.final_states(x, lens)
         m.impl, m.matmul_dtype = "auto", torch.bfloat16
         assert m.use_fused(x)  # the auto rule: CPU inference with bf16 products runs fused
+        m.matmul_dtype = None
+        assert not m.use_fused(x)  # and fp32 inference runs nn.GRU (faster on a quiet box, see use_fused)
+        m.matmul_dtype = torch.bfloat16
         logits, states = m(x, lens), m.final_states(x, lens)
     assert logits.dtype == torch.float32
     torch.testing.assert_close(states, ref_states, atol=2**-8, rtol=0)

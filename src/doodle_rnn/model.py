@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from doodle_rnn import gru_cell
 from doodle_rnn.gru_cell import gru_scan
 
 IMPLS = ("auto", "fused", "packed")
@@ -88,17 +87,14 @@ class GRUClassifier(nn.Module):
         if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
             return False
         # auto: on CPU the fused kernel for training, and for inference when its products run in bf16
-        # (validation 2,600-2,830 vs 1,530-1,740 drawings/s) or when the compiled cell runs it on several
-        # threads (each direction on its own thread: 121-211 vs 58-79 drawings/s for nn.GRU with 2 threads
-        # on a busy 2-core box). With one thread and fp32 the two are even (552-587 vs 611-690/s) and
-        # nn.GRU is the reference's own code.
+        # (validation 2,600-2,830 vs 1,530-1,740 drawings/s). In fp32 inference nn.GRU, the reference's
+        # own code: on a quiet 2-core box the compiled cell's fp32 validation ran at 0.91-0.97x of it with
+        # 2 threads (benchmarks/bench_gru_cell.py, 2 pairs, 2026-12-07); its 121-211 vs 58-79 drawings/s
+        # lead was measured on a busy box, where nn.GRU's per-operation thread barriers waited on
+        # descheduled threads.
         if self.impl == "fused":
             return True
-        if x.device.type != "cpu":
-            return False
-        if torch.is_grad_enabled() or self.matmul_dtype is not None:
-            return True
-        return torch.get_num_threads() > 1 and gru_cell.is_compiled()
+        return x.device.type == "cpu" and (torch.is_grad_enabled() or self.matmul_dtype is not None)
 
     def final_states(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Last layer's final hidden state(s), both directions concatenated: [B, H * dirs]."""
