@@ -139,6 +139,17 @@ def _pad(steps: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return pad_steps(steps, lengths)
 
 
+def open_model_file(spec: str | Path | None) -> ModelFile:
+    """`model_files.open_model` for a classifier: a model that cannot be found or read is an
+    InferenceError naming it (what `Classifier.load` and the server's registry both raise)."""
+    from doodle_rnn.model_files import ModelFileError, open_model
+
+    try:
+        return open_model(spec)
+    except ModelFileError as exc:
+        raise InferenceError(str(exc)) from exc
+
+
 class Classifier:
     """A loaded model: `predict`, `predict_many`, `stream`, `model_view`; thread-safe for prediction."""
 
@@ -169,15 +180,9 @@ class Classifier:
         threads: ONNX Runtime intra-op threads per run (1 is fastest for this GRU; parallelism comes
         from running several batches at once, see `predict_many`).
         """
-        from doodle_rnn.model_files import ModelFileError, open_model
-
         if backend not in BACKENDS:
             raise InferenceError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-        try:
-            model = open_model(path)
-        except ModelFileError as exc:
-            raise InferenceError(str(exc)) from exc
-        return cls.from_model(model, backend, threads)
+        return cls.from_model(open_model_file(path), backend, threads)
 
     @classmethod
     def from_model(cls, model: ModelFile, backend: str = "auto", threads: int = 1) -> Classifier:

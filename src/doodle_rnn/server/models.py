@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from doodle_rnn.inference import Classifier, InferenceError
-from doodle_rnn.model_files import ModelFile, ModelFileError, open_model
+from doodle_rnn.inference import Classifier, open_model_file
+from doodle_rnn.model_files import ModelFile
 
 log = logging.getLogger("doodle_rnn.server")
 
@@ -68,7 +68,7 @@ class ModelRegistry:
                  shipped: bool = True):  # fmt: skip
         self.backend = backend
         self._make_engine = make_engine
-        model = checkpoint if isinstance(checkpoint, ModelFile) else _open(checkpoint)
+        model = checkpoint if isinstance(checkpoint, ModelFile) else open_model_file(checkpoint)
         clf = Classifier.from_model(model, backend)
         path = model.path
         self.default = clf.name or path.stem
@@ -108,7 +108,7 @@ class ModelRegistry:
         if e.engine is None:
             with self._lock:  # one load per model, however many requests ask at once
                 if e.classifier is None:
-                    e.classifier = Classifier.from_model(_open(e.path), self.backend)
+                    e.classifier = Classifier.from_model(open_model_file(e.path), self.backend)
                     log.info("loaded model %r from %s", name, e.path)
                 if e.engine is None:
                     e.engine = self._make_engine(e.classifier)
@@ -144,14 +144,6 @@ class ModelRegistry:
                     e.engine = None
 
 
-def _open(spec: str | Path) -> ModelFile:
-    """The model file `spec` names, read once (a file that cannot be read: InferenceError naming it)."""
-    try:
-        return open_model(spec)
-    except ModelFileError as exc:
-        raise InferenceError(str(exc)) from exc
-
-
 def _read_metadata(path: Path) -> dict:
-    meta = _open(path).meta
+    meta = open_model_file(path).meta
     return {"classes": list(meta["classes"]), "card": dict(meta.get("card") or {})}
