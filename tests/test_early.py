@@ -173,3 +173,32 @@ def test_recover_strokes_from_files_from_steps_or_not_at_all(tmp_path, clf):
     assert got == [None] and counts["not recovered"] == 1
     got, counts = early.recover_strokes([tmp_path / "a.ndjson"], ["1"], [steps[0][:-1]], "reference", rules)
     assert got == [None]
+
+
+def test_announcement_stats_by_hand():
+    """Four drawings over shares (50, 90, 100)% and two classes, threshold 0.8:
+    0 is called right at 50%, 1 called wrong at 90%, 2 called right only when complete, 3 never called."""
+    top = np.array([[0.9, 0.5, 0.5, 0.6], [0.95, 0.85, 0.7, 0.6], [0.99, 0.9, 0.9, 0.7]])  # [share, drawing]
+    probs = np.stack([top, 1 - top], axis=2)  # class 0 carries `top`
+    probs[1:, 1] = probs[1:, 1, ::-1]  # drawing 1: class 1 on top from 90%
+    labels = np.array([0, 0, 0, 0])
+    s = early.announcement_stats(probs, labels, 0.8, percents=(50, 90, 100))
+    assert s["announced"] == 0.75 and s["announced_before_complete"] == 0.5
+    assert s["precision"] == pytest.approx(2 / 3) and s["right_share_of_all"] == 0.5
+    assert s["right_before_complete"] == 0.25 and s["median_share_of_points"] == 0.9
+    assert early.announcement_stats(probs, labels, 0.999, percents=(50, 90, 100))["announced"] == 0.0
+
+
+def test_announcement_replay_is_the_page_s_first_call(clf):
+    """The replay calls a drawing exactly when the model's top probability on a 2%-grid capture first
+    reaches the threshold: here the threshold is the whole drawing's top probability."""
+    drawings = [DRAWING, DRAWING[1:]]
+    whole = clf.predict_many(drawings, 1)
+    labels = [CLASSES.index(t[0][0]) for t in whole]
+    threshold = min(t[0][1] for t in whole)
+    r = early.announcement_replay(clf, drawings, labels, threshold)
+    probs = early.point_prefix_probabilities(clf, drawings)
+    first, _ = early.first_announcements(probs, threshold)
+    assert r["n_drawings"] == 2 and r["announced"] == 1.0  # both reach it by the end at the latest
+    assert r["announced_before_complete"] == float(np.mean(first < len(early.ANNOUNCE_PERCENTS) - 1))
+    assert early.announcement_replay(clf, drawings, labels, 1.0)["announced"] == 0.0

@@ -332,13 +332,38 @@ def announcement_stats(
     made = first >= 0
     right = made & (cls == np.asarray(labels))
     at = np.asarray(percents, dtype=np.float64)[first[made]] / 100
+    before_end = made & (first < len(percents) - 1)  # called while points were still to come
     return {
         "threshold": float(threshold),
         "announced": float(made.mean()),
+        "announced_before_complete": float(before_end.mean()),
+        "right_before_complete": float((before_end & right).mean()),
         "precision": float(right.sum() / max(made.sum(), 1)),
         "right_share_of_all": float(right.mean()),
         "median_share_of_points": float(np.median(at)) if len(at) else None,
     }
+
+
+def announcement_replay(
+    clf,
+    strokes_list: Sequence[Sequence],
+    labels: Sequence[int],
+    threshold: float,
+    columns: Sequence[int] | None = None,
+) -> dict:
+    """First calls at `threshold` of drawings replayed at every 2% of their points, as the page sees them.
+
+    This is how a model's announcement threshold is judged on the test split: the share of drawings called
+    at all, called before their last point, and how often the first call is right. `labels` index into
+    `columns` (default: all classes); with a subset of classes the probabilities are renormalised over it,
+    as plain evaluation does.
+    """
+    probs = point_prefix_probabilities(clf, strokes_list)
+    if columns is not None and len(columns) < probs.shape[2]:
+        probs = probs[:, :, np.asarray(columns, dtype=np.int64)]
+        probs = probs / probs.sum(axis=2, keepdims=True)
+    return {**announcement_stats(probs, np.asarray(labels), threshold), "n_drawings": len(strokes_list),
+            "shares_of_points": [p / 100 for p in ANNOUNCE_PERCENTS]}  # fmt: skip
 
 
 def choose_threshold(

@@ -570,7 +570,9 @@ def early_guessing_of(ckpt: dict, ev: EvalData, pr: Predictions, max_drawings: i
 
     Strokes come from the source files by key_id, each checked to reproduce the steps plain eval used
     (`early.recover_strokes`, which says what happens without the files). With more than `max_drawings`
-    drawings a random subset (fixed seed) is measured. Returns the summary's `early_guessing` entry
+    drawings a random subset (fixed seed) is measured. A checkpoint whose card has an `announce_threshold`
+    (a shipped model) also gets `announcement`: its first calls on those drawings replayed at every 2% of
+    their points (`early.announcement_replay`). Returns the summary's `early_guessing` entry
     (with the `_right` arrays for the plot; `run_evaluation` drops them before writing JSON).
     """
     from doodle_rnn import early
@@ -602,6 +604,10 @@ def early_guessing_of(ckpt: dict, ev: EvalData, pr: Predictions, max_drawings: i
     clf = Classifier.from_checkpoint(ckpt)
     labels = ev.labels[pick][use]
     res = early.early_guessing(clf, [strokes[j] for j in use], labels, ev.columns)
+    threshold = (ckpt.get("card") or {}).get("announce_threshold")
+    if threshold is not None:  # a shipped model: how its "I know" calls fare on these drawings
+        res["announcement"] = early.announcement_replay(clf, [strokes[j] for j in use], labels,
+                                                        float(threshold), ev.columns)  # fmt: skip
     row_pos = {r: i for i, r in enumerate(pr.rows.tolist())}
     plain = [pr.pred[row_pos[r]] == pr.labels[row_pos[r]] for r in rows[use].tolist()]
     return info | res | {"plain_eval_top1_same_drawings": float(np.mean(plain)), "backend": clf.backend,

@@ -90,6 +90,11 @@ def _early_tables(eg: dict) -> str:
         ["strokes from", _e(", ".join(f"{k}: {v:,}" for k, v in eg["strokes_from"].items()))],
         ["time", _e(f"{eg['seconds']} s for {eg['prefixes_predicted']:,} prefixes ({eg['backend']})")],
     ]  # fmt: skip
+    ann = eg.get("announcement")
+    if ann:  # a shipped model's "I know" threshold, replayed at every 2% of the points
+        facts.append([f"called at the card's threshold {ann['threshold']:.3f}: at all / before the last point",
+                      f"{_pct(ann['announced'])} / {_pct(ann['announced_before_complete'])}"])  # fmt: skip
+        facts.append(["first calls right", _pct(ann["precision"])])
     return (
         _table(["prefix", "top-1", "top-3"], sts + pts)
         + _table(["", ""], [[_e(a), b] for a, b in facts], name_cols=2)
