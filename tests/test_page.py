@@ -49,43 +49,74 @@ def base_url(tiny) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def announcing() -> tuple[Path, list]:
-    """The shipped `animals10` model with its own card threshold, and a real drawing it announces early.
+def announced_early(clf: Classifier, drawings, word_ok: Callable[[str], bool]) -> tuple[list, str]:
+    """The first real drawing that `clf` calls right before its last stroke and never calls wrong.
 
-    The drawing is the first bundled test-split cow (never trained on) that the model calls right before
-    its last stroke and never calls wrong at any point on the way (every point prefix, sent as a capture,
-    is checked: the page asks at moments that depend on timing); the page replays it scaled to the
-    canvas with times, as a user's pointer would. So these tests check the page on the real model: it
-    says "I know: it's a cow!" once the API's top probability reaches the card's threshold, before the
-    drawing ends, and wins a game round with it.
+    Every point prefix, sent as a capture, is checked (the page asks at moments that depend on timing),
+    and so is every stroke prefix. Only test-split drawings (`doodle prepare`'s defaults) with three or more
+    strokes are tried. Returns the strokes scaled up with times, as a user's pointer would draw them.
     """
     from doodle_rnn.data.cache import key_hash, split_of
-    from doodle_rnn.data.formats import iter_drawings
     from doodle_rnn.data.prefixes import as_capture, first_points, n_points
-    from doodle_rnn.models import shipped_path
-    from doodle_rnn.quickstart import bundled_data_dir
 
-    clf = Classifier.load("animals10")
-    for d in iter_drawings(bundled_data_dir() / "cow.ndjson.gz"):
-        if split_of(key_hash([d.key_id], 42), 0.1, 0.1)[0] != 2 or len(d.strokes) < 3:
-            continue  # test split only (doodle prepare's defaults), and a drawing with strokes to spare
+    for d in drawings:
+        if not word_ok(d.word) or split_of(key_hash([d.key_id], 42), 0.1, 0.1)[0] != 2 or len(d.strokes) < 3:
+            continue
         ends = [as_capture(d.strokes[:k]) for k in range(1, len(d.strokes))]
         every = [as_capture(first_points(d.strokes, k)) for k in range(1, n_points(d.strokes) + 1)]
         sure = [(c, p) for top in clf.predict_many(every, 1) for c, p in top if p >= clf.announce_threshold]
         early = [c for top in clf.predict_many(ends, 1) for c, p in top if p >= clf.announce_threshold]
-        if early and early[0] == "cow" and {c for c, _ in sure} == {"cow"}:
+        if early and early[0] == d.word and {c for c, _ in sure} == {d.word}:
             raw = [
                 [[3 * x + 40 for x in s[0]], [3 * y + 40 for y in s[1]], list(range(len(s[0])))]
                 for s in d.strokes
             ]
-            return shipped_path("animals10"), raw
-    raise AssertionError("no bundled test cow is announced before its last stroke")
+            return raw, d.word
+    raise AssertionError(
+        f"no bundled held-out drawing is announced before its last stroke by {clf.info['name']}"
+    )
 
 
 @pytest.fixture(scope="module")
-def announcing_url(announcing) -> Iterator[str]:
-    with running_server(create_app(announcing[0])) as url:
+def announcing() -> tuple[str, list, str]:
+    """The shipped `animals10` with its own card threshold, and a real drawing it announces early: the first
+    bundled test-split cow (never trained on) that it calls right before its last stroke and never wrong."""
+    from doodle_rnn.data.formats import iter_drawings
+    from doodle_rnn.quickstart import bundled_data_dir
+
+    clf = Classifier.load("animals10")
+    raw, word = announced_early(clf, iter_drawings(bundled_data_dir() / "cow.ndjson.gz"), "cow".__eq__)
+    return "animals10", raw, word
+
+
+@pytest.fixture(scope="module")
+def announcing_quickdraw() -> tuple[str, list, str]:
+    """The shipped `quickdraw` (338 classes) and the first drawing of its bundled held-out set (test split of
+    wide1k and wide5k, never trained on) of a class other than the animals that it announces early."""
+    from test_shipped_quickdraw import HELDOUT
+
+    from doodle_rnn.data.formats import iter_drawings
+
+    animals = set(Classifier.load("animals10").classes)
+    heldout = iter_drawings(HELDOUT)
+    raw, word = announced_early(Classifier.load("quickdraw"), heldout, lambda w: w not in animals)
+    return "quickdraw", raw, word
+
+
+@pytest.fixture(scope="module", params=["animals10", "quickdraw"])
+def announcer(request) -> tuple[str, list, str]:
+    """Each shipped model with the drawing it announces: so the page is checked on the real models, saying
+    "I know: it's a cow!" once the API's top probability reaches the card's threshold, before the drawing
+    ends, and winning a game round with it: `animals10` as the server's default, `quickdraw` selected."""
+    return request.getfixturevalue("announcing" if request.param == "animals10" else "announcing_quickdraw")
+
+
+@pytest.fixture(scope="module")
+def announcing_url() -> Iterator[str]:
+    """`animals10` by default; the shipped `quickdraw` offered by name, as `doodle serve` does."""
+    from doodle_rnn.models import shipped_path
+
+    with running_server(create_app(shipped_path("animals10"))) as url:
         yield url
 
 
@@ -123,8 +154,15 @@ def page(browser, base_url):
 
 
 @pytest.fixture
-def announcing_page(browser, announcing_url):
+def announcing_page(browser, announcing_url, announcer):
+    """The page with the announcer's model selected (a user's choice in the model select when not the default)."""
+    name = announcer[0]
     with open_page(browser, announcing_url) as p:
+        if p.evaluate("window.doodle.model.name") != name:
+            # its first use loads the model on the server; done here so the page's wait is the switch itself
+            assert httpx.get(f"{announcing_url}/api/model?model={name}", timeout=600).status_code == 200
+            p.locator("[data-testid=model-select]").select_option(name)
+            p.wait_for_function(f"window.doodle.model.name === '{name}'", timeout=120_000)
         yield p
 
 
@@ -182,8 +220,9 @@ def settle(page) -> list:
     return page.evaluate("window.doodle.strokes")
 
 
-def api_top(base_url: str, strokes: list) -> list[tuple[str, float]]:
-    r = httpx.post(base_url + "/api/predict", json={"strokes": strokes, "top_k": 3}, timeout=30)
+def api_top(base_url: str, strokes: list, model: str | None = None) -> list[tuple[str, float]]:
+    body = {"strokes": strokes, "top_k": 3} | ({"model": model} if model else {})
+    r = httpx.post(base_url + "/api/predict", json=body, timeout=30)
     assert r.status_code == 200, r.text
     return [(g["class"], g["probability"]) for g in r.json()["top"]]
 
@@ -266,14 +305,14 @@ def with_article(name: str) -> str:
     return name if name.lower().startswith("the ") else ("an " if name[0].lower() in "aeiou" else "a ") + name
 
 
-def test_announces_before_the_last_stroke(announcing_page, announcing_url, announcing):
-    page, drawing = announcing_page, announcing[1]
-    card = httpx.get(announcing_url + "/api/model", timeout=30).json()["card"]
+def test_announces_before_the_last_stroke(announcing_page, announcing_url, announcer):
+    page, (name, drawing, word) = announcing_page, announcer
+    model = httpx.get(f"{announcing_url}/api/model?model={name}", timeout=30).json()
+    card = model["card"]
     threshold = card["announce_threshold"]
     assert page.evaluate("window.doodle.model.threshold") == threshold
     info = page.locator("[data-testid=model-info]").inner_text()
-    name = httpx.get(announcing_url + "/api/model", timeout=30).json()["name"]
-    assert info.startswith(f"Model: {name}")
+    assert model["name"] == name and info.startswith(f"Model: {name}")
     if card.get("test"):
         n = card["test"]["n_drawings"]
         assert f"test top-1 {card['test']['top1'] * 100:.1f}% on {n:,} real drawings" in info
@@ -286,7 +325,7 @@ def test_announces_before_the_last_stroke(announcing_page, announcing_url, annou
         visible_after.append(announce.is_visible())
         if visible_after[-1] and visible_after.count(True) == 1:  # the moment it was called
             ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "page-announce.png"), full_page=True)
+            page.screenshot(path=str(ARTIFACTS / f"page-announce-{name}.png"), full_page=True)
         return False
 
     replay(page, drawing, after_stroke)
@@ -302,11 +341,13 @@ def test_announces_before_the_last_stroke(announcing_page, announcing_url, annou
         s if i < called["strokes"] - 1 else [c[: len(called["drawing"][i][0])] for c in s]
         for i, s in enumerate(strokes[: called["strokes"]])
     ]
-    cls, prob = api_top(announcing_url, called["drawing"])[0]
+    cls, prob = api_top(announcing_url, called["drawing"], name)[0]
     assert (cls, prob) == (called["class"], pytest.approx(called["probability"], abs=1e-9))
-    assert prob >= threshold
+    assert prob >= threshold and cls == word
     assert called["points"] == sum(len(s[0]) for s in called["drawing"])
-    assert announce.inner_text() == f"I know: it's {with_article(cls)}!" == "I know: it's a cow!"
+    assert announce.inner_text() == f"I know: it's {with_article(cls)}!"
+    if name == "animals10":
+        assert announce.inner_text() == "I know: it's a cow!"
 
     page.click("[data-testid=undo]")  # what was said was said: undo keeps the call
     settle(page)
@@ -316,11 +357,11 @@ def test_announces_before_the_last_stroke(announcing_page, announcing_url, annou
     assert not announce.is_visible() and page.evaluate("window.doodle.announced") is None
 
 
-def test_game_round_is_won_the_moment_the_target_is_announced(announcing_page, announcing_url, announcing):
-    page, drawing = announcing_page, announcing[1]
+def test_game_round_is_won_the_moment_the_target_is_announced(announcing_page, announcing_url, announcer):
+    page, (name, drawing, _) = announcing_page, announcer
     threshold = page.evaluate("window.doodle.model.threshold")
     # the class the model will call for this drawing, stroke by stroke as a player draws
-    prefixes = [api_top(announcing_url, drawing[: k + 1])[0] for k in range(len(drawing))]
+    prefixes = [api_top(announcing_url, drawing[: k + 1], name)[0] for k in range(len(drawing))]
     target = next(c for c, p in prefixes if p >= threshold * 0.99)
 
     page.click("[data-testid=mode-game]")
@@ -335,7 +376,7 @@ def test_game_round_is_won_the_moment_the_target_is_announced(announcing_page, a
 
     replay(page, drawing, after_stroke)
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "page-game-announce.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"page-game-announce-{name}.png"), full_page=True)
     (won,) = page.evaluate("window.doodle.game.rounds")
     assert won["target"] == target and won["strokes"] < len(drawing)  # before the last stroke
     assert won["points"] < sum(len(s[0]) for s in drawing) and 0 <= won["seconds"] < 20
