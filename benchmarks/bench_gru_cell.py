@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
+
+from runner import after_dashes, numeric_ranges, run_json
 
 HERE = Path(__file__).resolve().parent
 KEYS = {
@@ -34,9 +35,7 @@ KEYS = {
 
 def run_bench(kernel: str, args: list[str]) -> dict:
     env = {**os.environ, "DOODLE_GRU_CELL": kernel}
-    out = subprocess.run([sys.executable, str(HERE / "bench_train.py"), *args], env=env, check=True,
-                         capture_output=True, text=True)  # fmt: skip
-    rec = json.loads(out.stdout.strip().splitlines()[-1])
+    rec = run_json([sys.executable, str(HERE / "bench_train.py"), *args], env)
     fig = {}
     for name, path in KEYS.items():
         v = rec
@@ -53,7 +52,7 @@ def main() -> int:
     p.add_argument("--pairs", type=int, default=2, help="how many (Python, compiled) pairs")
     p.add_argument("bench", nargs=argparse.REMAINDER, help="-- ARGS for bench_train.py")
     args = p.parse_args()
-    bench = args.bench[1:] if args.bench[:1] == ["--"] else args.bench
+    bench = after_dashes(args.bench)
     pairs = []
     for i in range(args.pairs):
         print(f"pair {i + 1}/{args.pairs}", file=sys.stderr, flush=True)
@@ -66,10 +65,9 @@ def main() -> int:
         for pr in pairs
     ]
     ranges = {
-        f"{side}.{k}": [min(pr[side][k] for pr in pairs), max(pr[side][k] for pr in pairs)]
+        f"{side}.{k}": v
         for side in ("python", "compiled")
-        for k in KEYS
-        if all(isinstance(pr[side][k], (int, float)) for pr in pairs)
+        for k, v in numeric_ranges([{k: pr[side][k] for k in KEYS} for pr in pairs]).items()
     }
     ranges.update({f"ratio.{k}": [min(r[k] for r in ratios), max(r[k] for r in ratios)] for k in ratios[0]})
     print(json.dumps({"benchmark": "gru_cell", "bench_train_args": bench, "pairs": pairs, "ratios": ratios,

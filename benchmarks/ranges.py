@@ -22,19 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from runner import after_dashes, numeric_ranges, run_json
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested dict, keyed by their dotted path."""
-    out: dict[str, float] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[key] = v
-    return out
 
 
 def main() -> int:
@@ -42,7 +32,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3, help="how many runs (each in its own fresh clone)")
     p.add_argument("bench", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...], a script in benchmarks/")
     args = p.parse_args()
-    bench = args.bench[1:] if args.bench[:1] == ["--"] else args.bench
+    bench = after_dashes(args.bench)
     if not bench:
         p.error("name the benchmark after --, e.g. -- bench_train.py")
     env = dict(os.environ)
@@ -57,15 +47,8 @@ def main() -> int:
             subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
             env["PYTHONPATH"] = str(clone / "src")
             print(f"run {i + 1}/{args.runs}: {' '.join(bench)}", file=sys.stderr, flush=True)
-            r = subprocess.run([sys.executable, f"benchmarks/{bench[0]}", *bench[1:]], cwd=clone, env=env,
-                               capture_output=True, text=True)  # fmt: skip
-            if r.returncode != 0:
-                print(r.stdout + r.stderr, file=sys.stderr)
-                return r.returncode
-            results.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    flat = [flatten(x) for x in results]
-    shared = set.intersection(*(set(f) for f in flat))
-    ranges = {k: [min(f[k] for f in flat), max(f[k] for f in flat)] for k in sorted(shared)}
+            results.append(run_json([sys.executable, f"benchmarks/{bench[0]}", *bench[1:]], env, cwd=clone))
+    ranges = numeric_ranges(results)
     print(json.dumps({"commit": head.stdout.strip(), "bench": bench, "runs": results, "ranges": ranges}))
     return 0
 
