@@ -73,7 +73,7 @@ def announced_early(clf: Classifier, drawings, word_ok: Callable[[str], bool]) -
             ]
             return raw, d.word
     raise AssertionError(
-        f"no bundled held-out drawing is announced before its last stroke by {clf.info['name']}"
+        f"no bundled held-out drawing is announced before its last stroke by {clf.name}"
     )
 
 
