@@ -8,7 +8,8 @@ Steps, each the library's own function (the same `doodle calibrate` / `doodle ev
 1. temperature scaling on the validation split (`calibrate.calibrate_checkpoint`);
 2. the announcement threshold on the validation split, replayed at 10%, 20%, ... of each drawing's
    points through the capture path (`early.choose_threshold`: first announcements right >= 95%);
-3. `doodle eval` on the test split (never tuned on): metrics, plots, report;
+3. `doodle eval` on the test split (never tuned on): metrics, plots, report, and the threshold's first calls
+   on the early-guessing drawings (replayed at every 2% of their points);
 4. a `card` in the checkpoint (name, test metrics, threshold, how it was made), training state dropped.
 """
 
@@ -80,6 +81,10 @@ def main() -> None:
         probs = point_prefix_probabilities(clf, strokes)
         announce = choose_threshold(probs, labels)
         print(f"announce threshold {announce['threshold']:.3f}: {json.dumps(announce)}", flush=True)
+        # the threshold goes into the file evaluated, so the test split's early-guessing section also
+        # reports how its first calls fare there (`evaluate.early_guessing_of`)
+        ckpt["card"] = {"name": args.name, "announce_threshold": announce["threshold"]}
+        save_checkpoint(ckpt, calibrated)
 
         summary = run_evaluation(
             calibrated, [args.data], args.eval_out, split="test", num_threads=args.num_threads
