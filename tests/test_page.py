@@ -72,9 +72,7 @@ def announced_early(clf: Classifier, drawings, word_ok: Callable[[str], bool]) -
                 for s in d.strokes
             ]
             return raw, d.word
-    raise AssertionError(
-        f"no bundled held-out drawing is announced before its last stroke by {clf.name}"
-    )
+    raise AssertionError(f"no bundled held-out drawing is announced before its last stroke by {clf.name}")
 
 
 @pytest.fixture(scope="module")
@@ -384,6 +382,24 @@ def test_game_round_is_won_the_moment_the_target_is_announced(announcing_page, a
     assert any(m.startswith(said) for m in shown_texts(page, "game-message"))
     assert f"I know: it's {with_article(target)}!" in shown_texts(page, "announce")
     assert f"{won['seconds']:.1f} s" in shown_texts(page, "game-avg")
+
+
+def test_the_page_loads_under_doodle_serve_with_no_failed_request(browser, base_url):
+    """Every request the page makes on load is answered (its probe for a static site's models.json too)."""
+    ctx = browser.new_context()
+    p = ctx.new_page()
+    failed: list[str] = []
+    p.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    p.on("requestfailed", lambda r: failed.append(f"failed {r.url}"))
+    try:
+        p.goto(base_url + "/")
+        p.wait_for_function(
+            "window.doodle && window.doodle.model && window.doodle.model.name", timeout=60_000
+        )
+        p.wait_for_load_state("networkidle")
+    finally:
+        ctx.close()
+    assert not failed, failed
 
 
 def test_api_docs_render_offline(browser, base_url):

@@ -73,6 +73,8 @@ def clf(ckpt) -> Classifier:
 
 def test_info_endpoints_and_docs(http):
     assert http.get("/healthz").json() == {"status": "ok"}
+    # the page's probe for a static site's listing: a server says it is one (no 404 in the page's console)
+    assert http.get("/models.json").json()["format"] == "doodle-rnn-server"
     assert http.get("/api/classes").json() == {"classes": list(SHAPES)}
     model = http.get("/api/model").json()
     assert model["classes"] == list(SHAPES) and model["encoding"] == "stroke3"

@@ -482,6 +482,12 @@ def create_app(
     async def healthz() -> dict:
         return {"status": "ok"}
 
+    @app.get("/models.json", include_in_schema=False)
+    async def site_listing() -> dict:
+        # The page looks for models.json to tell a static site (`doodle export --web`) from a server. Here
+        # the answer says "a server": the page then asks the API, with no 404 in its console.
+        return {"format": "doodle-rnn-server", "api": "api/"}
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})

@@ -256,7 +256,8 @@
   // ---------------------------------------------------------------- guesses without a server
   // A static site from `doodle export --web` has models.json beside the page. Then the page answers its
   // own API questions in the page, with doodle.js running the model (ONNX Runtime Web): the same answers
-  // in the same shapes, so everything above works unchanged. Without models.json it asks the server.
+  // in the same shapes, so everything above works unchanged. Without models.json (or with `doodle serve`'s
+  // own answer there, format "doodle-rnn-server") it asks the server.
   let inPageApiPromise = null;
 
   function inPageApi() {
