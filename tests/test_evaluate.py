@@ -363,3 +363,31 @@ def test_many_classes_plots_show_the_most_confused_part(tmp_path):
     assert 1000 < img.size[0] < 2500
     img = Image.open(plots.plot_per_class_accuracy(m["per_class"], tmp_path / "pc.png"))
     assert img.size[1] < 1500  # 60 bars and a histogram, not 345 bars
+
+
+def test_ship_model_writes_a_card_whose_test_figures_include_the_threshold_s_first_calls(tiny, tmp_path):
+    """scripts/ship_model.py (how shipped models are made): calibrate, threshold on val, test eval, card."""
+    out, ev = tmp_path / "shipped.pt", tmp_path / "eval-test"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ship_model.py"
+    r = subprocess.run([sys.executable, str(script), "--checkpoint", str(tiny["ckpt"]), "--data", str(tiny["cache"]),
+                        "--name", "tinyship", "--out", str(out), "--eval-out", str(ev), "--max-val", "60",
+                        "--command", "doodle train ...", "--data-name", "synthetic"],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    ckpt = load_checkpoint(out)
+    card = ckpt["card"]
+    assert (
+        "train_state" not in ckpt and card["name"] == "tinyship" and card["made_by"] == ["doodle train ..."]
+    )
+    assert ckpt["temperature"] != 1.0  # fitted on val
+    assert card["announcement"]["split"] == "val" and card["announcement"]["n_drawings"] <= 60 + 8
+    s = json.loads((ev / "summary.json").read_text())
+    ann = s["early_guessing"]["announcement"]
+    assert ann == card["test"]["early_guessing"]["announcement"]
+    assert (
+        ann["threshold"] == card["announce_threshold"]
+        and ann["n_drawings"] == s["early_guessing"]["n_drawings"]
+    )
+    assert 0 <= ann["right_before_complete"] <= ann["announced_before_complete"] <= ann["announced"] <= 1
+    assert card["test"]["top1"] == s["metrics"]["top1"] and card["test"]["n_drawings"] == s["n_drawings"]
+    assert "calls at the model card threshold" in (ev / "report.html").read_text()

@@ -92,7 +92,7 @@ def _early_tables(eg: dict) -> str:
     ]  # fmt: skip
     ann = eg.get("announcement")
     if ann:  # a shipped model's "I know" threshold, replayed at every 2% of the points
-        facts.append([f"called at the card's threshold {ann['threshold']:.3f}: at all / before the last point",
+        facts.append([f"calls at the model card threshold {ann['threshold']:.3f}: at all / before the last point",
                       f"{_pct(ann['announced'])} / {_pct(ann['announced_before_complete'])}"])  # fmt: skip
         facts.append(["first calls right", _pct(ann["precision"])])
     return (
