@@ -1,7 +1,8 @@
 """The shipped `quickdraw` model (338 classes), judged on bundled real drawings it never trained on.
 
 `doodle_rnn/bundled/quickdraw/heldout.ndjson.gz` holds 5 drawings of each class from the test split of
-`wide1k` (chosen by key_id, so never trained or tuned on). Both ways in must reach the model card's test
+`wide1k`, which lies inside the test split of `wide5k` the model was trained beside (chosen by key_id, so
+never trained or tuned on). Both ways in must reach the model card's test
 accuracy and agree drawing for drawing: `doodle eval` on the file (a real subprocess: read, normalise,
 encode, batch) and `Classifier.predict_many` on the strokes as a user would send them.
 """
@@ -40,9 +41,14 @@ def test_quickdraw_is_shipped_with_a_card_that_meets_the_targets(clf: Classifier
     card = clf.info["card"]
     assert card["name"] == "quickdraw" and len(clf.classes) == 338
     assert {d.word for d in heldout} == set(clf.classes) and len(heldout) == 5 * 338
-    assert card["test"]["top1"] >= 0.65 and card["test"]["top3"] >= 0.83, card["test"]
-    assert card["test"]["n_drawings"] > 30_000
-    assert 0.0 < card["announce_threshold"] <= 1.0
+    # trained on wide5k (1.32 M drawings) with prefix training: better than the wide1k model it replaced
+    # (0.714 / 0.887, no early calls to speak of), and it calls drawings before they are complete
+    assert card["test"]["top1"] >= 0.75 and card["test"]["top3"] >= 0.90, card["test"]
+    assert card["test"]["n_drawings"] > 160_000 and "wide5k" in card["test"]["data"]
+    assert 0.0 < card["announce_threshold"] < 0.999 and card["announcement"]["precision"] >= 0.95
+    calls = card["test"]["early_guessing"]["announcement"]
+    assert calls["threshold"] == card["announce_threshold"] and calls["announced_before_complete"] >= 0.15
+    assert card["test"]["early_guessing"]["strokes"]["0.5"]["top1"] >= 0.45  # the previous model: 0.376
     assert shipped_path("quickdraw").stat().st_size < 10_000_000
 
 
