@@ -6,7 +6,7 @@
 
 Steps, each the library's own function (the same `doodle calibrate` / `doodle eval` run):
 1. temperature scaling on the validation split (`calibrate.calibrate_checkpoint`);
-2. the announcement threshold on the validation split, replayed at 10%, 20%, ... of each drawing's
+2. the announcement threshold on the validation split, replayed at 2%, 4%, ... of each drawing's
    points through the capture path (`early.choose_threshold`: first announcements right >= 95%);
 3. `doodle eval` on the test split (never tuned on): metrics, plots, report, and the threshold's first calls
    on the early-guessing drawings (replayed at every 2% of their points);

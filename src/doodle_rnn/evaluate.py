@@ -603,11 +603,11 @@ def early_guessing_of(ckpt: dict, ev: EvalData, pr: Predictions, max_drawings: i
                        "instead, or keep them where the cache's manifest says"}  # fmt: skip
     clf = Classifier.from_checkpoint(ckpt)
     labels = ev.labels[pick][use]
-    res = early.early_guessing(clf, [strokes[j] for j in use], labels, ev.columns)
+    measured = [strokes[j] for j in use]
+    res = early.early_guessing(clf, measured, labels, ev.columns)
     threshold = (ckpt.get("card") or {}).get("announce_threshold")
     if threshold is not None:  # a shipped model: how its "I know" calls fare on these drawings
-        res["announcement"] = early.announcement_replay(clf, [strokes[j] for j in use], labels,
-                                                        float(threshold), ev.columns)  # fmt: skip
+        res["announcement"] = early.announcement_replay(clf, measured, labels, float(threshold), ev.columns)
     row_pos = {r: i for i, r in enumerate(pr.rows.tolist())}
     plain = [pr.pred[row_pos[r]] == pr.labels[row_pos[r]] for r in rows[use].tolist()]
     return info | res | {"plain_eval_top1_same_drawings": float(np.mean(plain)), "backend": clf.backend,

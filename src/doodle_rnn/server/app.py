@@ -486,7 +486,7 @@ def create_app(
     async def site_listing() -> dict:
         # The page looks for models.json to tell a static site (`doodle export --web`) from a server. Here
         # the answer says "a server": the page then asks the API, with no 404 in its console.
-        return {"format": "doodle-rnn-server", "api": "api/"}
+        return {"format": "doodle-rnn-server"}
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
