@@ -168,6 +168,46 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(small_cache, tmp_path)
         torch.testing.assert_close(sb[k]["exp_avg_sq"], sa[k]["exp_avg_sq"], atol=1e-9, rtol=1e-5)
 
 
+def test_init_from_starts_a_new_cycle_from_a_runs_weights(small_cache, tmp_path):
+    """--init-from: the checkpoint's weights and model shape (its flags win over the command's), a fresh
+    optimiser and schedule, and a clear error for a checkpoint of other classes."""
+    base = ("--data", str(small_cache), "--epochs", "1", "--batch-size", "64", "--num-threads", "1",
+            "--log-every", "1000", "--no-final-val")  # fmt: skip
+    r = _cli("train", *base, "--out", str(tmp_path / "a"), "--hidden-size", "8", "--max-steps", "6")
+    assert r.returncode == 0, r.stderr
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    # a rate of 1e-12 leaves the weights where they were: B starts exactly at A's
+    r = _cli("train", *base, "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a" / "last.pt"),
+             "--hidden-size", "16", "--scheduler", "onecycle", "--lr", "1e-12", "--max-steps", "2")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (
+        f"weights from {tmp_path / 'a' / 'last.pt'}" in r.stdout and "new optimiser and schedule" in r.stdout
+    )
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert b["model_config"] == a["model_config"] and b["model_config"]["hidden_size"] == 8
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["hidden_size"] == 8
+    for k, v in a["model_state"].items():
+        torch.testing.assert_close(b["model_state"][k], v, atol=1e-6, rtol=0, msg=k)
+    assert b["train_state"]["global_step"] == 2  # its own count, not A's 6
+    assert b["train_state"]["optimizer"]["state"][0]["step"].item() == 2
+    # without the tiny rate the weights move on from A's
+    r = _cli("train", *base, "--out", str(tmp_path / "c"), "--init-from", str(tmp_path / "a" / "last.pt"),
+             "--max-steps", "2")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    c = load_checkpoint(tmp_path / "c" / "last.pt")
+    assert any(not torch.equal(c["model_state"][k], v) for k, v in a["model_state"].items())
+
+    classes = DoodleCache(small_cache).classes
+    prepare_cache(PrepareConfig(inputs=[str(small_cache.parent / "syn")], out=str(tmp_path / "fewer"),
+                                classes=classes[:2], progress=False))  # fmt: skip
+    r = _cli("train", "--data", str(tmp_path / "fewer"), "--out", str(tmp_path / "d"),
+             "--init-from", str(tmp_path / "a" / "last.pt"))  # fmt: skip
+    assert r.returncode == 2 and r.stderr.startswith("error: --init-from: ")
+    assert f"classifies {len(classes)} classes, not the 2 of" in r.stderr and not (tmp_path / "d").exists()
+    r = _cli("train", *base, "--out", str(tmp_path / "e"), "--init-from", str(tmp_path / "nope.pt"))
+    assert r.returncode == 2 and r.stderr.startswith("error: --init-from: ") and "nope.pt" in r.stderr
+
+
 def test_onecycle_grad_accum_and_max_steps(small_cache, tmp_path):
     cfg = TrainConfig(data=str(small_cache), out=str(tmp_path / "run"), epochs=5, batch_size=16, hidden_size=16,
                       scheduler="onecycle", grad_accum=2, max_steps=7, num_threads=1, log_every=10_000)  # fmt: skip

@@ -66,6 +66,10 @@ class TrainConfig:
     # 1-D convolutions (kernel `conv_kernel`, these output channels) in front of the GRU; empty: none
     conv_channels: tuple[int, ...] = ()
     conv_kernel: int = 5
+    # start from this checkpoint's weights (and its model shape) with a fresh optimiser and schedule:
+    # a second leg of training with a new learning-rate cycle, where --resume can only finish the old one
+    # (ignored on --resume, which takes everything from RUN_DIR/last.pt)
+    init_from: str | None = None
 
     def check(self) -> None:
         if self.scheduler not in SCHEDULERS:

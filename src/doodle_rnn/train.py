@@ -30,7 +30,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -403,7 +403,10 @@ def _setup(cfg: TrainConfig, d: Dist) -> TrainRun:
     cache, train_idx, val_all = _open_data(cfg)
     val_idx = val_subset(val_all, cfg.val_max, cfg.seed)
     resume_ckpt = _resume_checkpoint(out, cache, cfg) if cfg.resume else None
-    mcfg = ModelConfig(**resume_ckpt["model_config"]) if resume_ckpt else model_config(cfg, cache)
+    init_ckpt = _init_checkpoint(cache, cfg) if cfg.init_from and not resume_ckpt else None
+    start = resume_ckpt or init_ckpt
+    mcfg = ModelConfig(**start["model_config"]) if start else model_config(cfg, cache)
+    cfg = _with_model_of(cfg, mcfg)  # config.json records the model trained, whatever the flags said
 
     _claim_run_dir(out, cfg, d)
     if d.world > 1:  # every rank judges the folder as it was, before rank 0 writes config.json into it
@@ -424,6 +427,11 @@ def _setup(cfg: TrainConfig, d: Dist) -> TrainRun:
         print(f"GRU cell: {gru_cell.status()}", flush=True)
     if resume_ckpt is not None:
         _restore(run, resume_ckpt)
+    elif init_ckpt is not None:
+        run.model.load_state_dict(init_ckpt["model_state"])
+        if d.main:
+            print(f"weights from {cfg.init_from} (model {json.dumps(init_ckpt['model_config'])}); "
+                  "new optimiser and schedule", flush=True)  # fmt: skip
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -508,6 +516,30 @@ def _resume_checkpoint(out: Path, cache: DoodleCache, cfg: TrainConfig) -> dict:
     if ckpt["classes"] != cache.classes:
         raise TrainError(f"--resume: {last} was trained on other classes than {cfg.data}")
     return ckpt
+
+
+def _init_checkpoint(cache: DoodleCache, cfg: TrainConfig) -> dict:
+    """--init-from's checkpoint, checked to classify this cache's classes in its order."""
+    from doodle_rnn.checkpoint import CheckpointError
+
+    try:
+        ckpt = load_checkpoint(cfg.init_from)
+    except CheckpointError as exc:
+        raise TrainError(f"--init-from: {exc}") from exc
+    if ckpt["classes"] != cache.classes:
+        raise TrainError(
+            f"--init-from: {cfg.init_from} classifies {len(ckpt['classes'])} classes, not the "
+            f"{len(cache.classes)} of {cfg.data} in their order; prepare the cache with the same classes"
+        )
+    return ckpt
+
+
+def _with_model_of(cfg: TrainConfig, mcfg: ModelConfig) -> TrainConfig:
+    """`cfg` with its model flags set to `mcfg`'s (the inverse of `model_config`)."""
+    return replace(
+        cfg, hidden_size=mcfg.hidden_size, num_layers=mcfg.num_layers, bidirectional=mcfg.bidirectional,
+        dropout=mcfg.dropout, rnn=mcfg.rnn, conv_channels=tuple(mcfg.conv_channels), conv_kernel=mcfg.conv_kernel,
+    )  # fmt: skip
 
 
 def model_config(cfg: TrainConfig, cache: DoodleCache) -> ModelConfig:

@@ -80,6 +80,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue exactly from RUN_DIR/last.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in RUN_DIR (without it, a RUN_DIR holding a run is refused)")  # fmt: skip
+    p.add_argument("--init-from", metavar="CHECKPOINT", default=None,
+                   help="start from this checkpoint's weights and model shape (a run's best.pt or last.pt, or a "
+                   "shipped model's name; its classes must be the cache's) with a fresh optimiser and schedule: "
+                   "a new learning-rate cycle on top of a finished run (the model flags are taken from it; ignored on --resume)")  # fmt: skip
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--val-max", type=int, default=TrainConfig.val_max, metavar="N",
                    help="validate each epoch on a fixed random subset of N val drawings (seeded by --seed: the "
