@@ -403,7 +403,11 @@ def _setup(cfg: TrainConfig, d: Dist) -> TrainRun:
     cache, train_idx, val_all = _open_data(cfg)
     val_idx = val_subset(val_all, cfg.val_max, cfg.seed)
     resume_ckpt = _resume_checkpoint(out, cache, cfg) if cfg.resume else None
-    init_ckpt = _init_checkpoint(cache, cfg) if cfg.init_from and not resume_ckpt else None
+    init_ckpt = (
+        _checkpoint_for("--init-from", cfg.init_from, cache, cfg)
+        if cfg.init_from and not resume_ckpt
+        else None
+    )
     start = resume_ckpt or init_ckpt
     mcfg = ModelConfig(**start["model_config"]) if start else model_config(cfg, cache)
     cfg = _with_model_of(cfg, mcfg)  # config.json records the model trained, whatever the flags said
@@ -510,25 +514,24 @@ def _resume_checkpoint(out: Path, cache: DoodleCache, cfg: TrainConfig) -> dict:
     last = out / "last.pt"
     if not last.is_file():
         raise TrainError(f"--resume: {last} does not exist; start without --resume")
-    ckpt = load_checkpoint(last)
+    ckpt = _checkpoint_for("--resume", last, cache, cfg)
     if "train_state" not in ckpt:
         raise TrainError(f"--resume: {last} has no training state")
-    if ckpt["classes"] != cache.classes:
-        raise TrainError(f"--resume: {last} was trained on other classes than {cfg.data}")
     return ckpt
 
 
-def _init_checkpoint(cache: DoodleCache, cfg: TrainConfig) -> dict:
-    """--init-from's checkpoint, checked to classify this cache's classes in its order."""
+def _checkpoint_for(flag: str, path: str | Path, cache: DoodleCache, cfg: TrainConfig) -> dict:
+    """The checkpoint a run starts from (--resume's last.pt, --init-from's file), checked to classify this
+    cache's classes in its order; any problem is a TrainError naming the flag."""
     from doodle_rnn.checkpoint import CheckpointError
 
     try:
-        ckpt = load_checkpoint(cfg.init_from)
+        ckpt = load_checkpoint(path)
     except CheckpointError as exc:
-        raise TrainError(f"--init-from: {exc}") from exc
+        raise TrainError(f"{flag}: {exc}") from exc
     if ckpt["classes"] != cache.classes:
         raise TrainError(
-            f"--init-from: {cfg.init_from} classifies {len(ckpt['classes'])} classes, not the "
+            f"{flag}: {path} classifies {len(ckpt['classes'])} classes, not the "
             f"{len(cache.classes)} of {cfg.data} in their order; prepare the cache with the same classes"
         )
     return ckpt
