@@ -41,14 +41,15 @@ def test_quickdraw_is_shipped_with_a_card_that_meets_the_targets(clf: Classifier
     card = clf.info["card"]
     assert card["name"] == "quickdraw" and len(clf.classes) == 338
     assert {d.word for d in heldout} == set(clf.classes) and len(heldout) == 5 * 338
-    # trained on wide5k (1.32 M drawings) with prefix training in two legs: better than the first leg alone
-    # (0.767 / 0.917, 24% called early) and the wide1k model (0.714 / 0.887, no early calls to speak of)
-    assert card["test"]["top1"] >= 0.78 and card["test"]["top3"] >= 0.925, card["test"]
+    # trained on wide5k (1.32 M drawings) with prefix training in three legs: better than the first two
+    # (0.784 / 0.928, 29% called early), the first leg alone (0.767 / 0.917, 24%) and the wide1k model
+    # (0.714 / 0.887, no early calls to speak of); top-3 holds issue 20's target of 0.93
+    assert card["test"]["top1"] >= 0.79 and card["test"]["top3"] >= 0.93, card["test"]
     assert card["test"]["n_drawings"] > 160_000 and "wide5k" in card["test"]["data"]
     assert 0.0 < card["announce_threshold"] < 0.999 and card["announcement"]["precision"] >= 0.95
     calls = card["test"]["early_guessing"]["announcement"]
-    assert calls["threshold"] == card["announce_threshold"] and calls["announced_before_complete"] >= 0.25
-    assert card["test"]["early_guessing"]["strokes"]["0.5"]["top1"] >= 0.52  # leg 1: 0.515; wide1k: 0.376
+    assert calls["threshold"] == card["announce_threshold"] and calls["announced_before_complete"] >= 0.30
+    assert card["test"]["early_guessing"]["strokes"]["0.5"]["top1"] >= 0.53  # legs 1+2: 0.527; wide1k: 0.376
     assert shipped_path("quickdraw").stat().st_size < 10_000_000
 
 
