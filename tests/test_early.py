@@ -7,6 +7,7 @@ needs); `test_evaluate.py` checks the curve inside `doodle eval` with a trained 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +203,69 @@ def test_announcement_replay_is_the_page_s_first_call(clf):
     assert r["n_drawings"] == 2 and r["announced"] == 1.0  # both reach it by the end at the latest
     assert r["announced_before_complete"] == float(np.mean(first < len(early.ANNOUNCE_PERCENTS) - 1))
     assert early.announcement_replay(clf, drawings, labels, 1.0)["announced"] == 0.0
+
+
+def _rule_study():
+    """scripts/announce_rule_study.py as a module (scripts are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "announce_rule_study.py"
+    spec = importlib.util.spec_from_file_location("announce_rule_study", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_steadier_rule_waits_for_the_guess_to_hold():
+    """Shares (50, 90, 100)%: drawing 0 is confident-wrong at 50% only, then confident-right; drawing 1 is
+    confident-right throughout. The shipped rule (confirm 1) calls 0 wrong at 50%; confirm 2 skips that
+    transient mistake, calls 0 right at 100% and 1 at 90% (one moment later than confirm 1)."""
+    study = _rule_study()
+    top_p = np.array([[0.95, 0.9], [0.9, 0.9], [0.9, 0.9]])
+    top_c = np.array([[1, 0], [0, 0], [0, 0]])
+    labels = np.array([0, 0])
+    first, cls = study.first_steady_calls(top_p, top_c, study.steady(top_p, top_c, 1, 0.0), 0.85)
+    assert first.tolist() == [0, 0] and cls.tolist() == [1, 0]
+    first, cls = study.first_steady_calls(top_p, top_c, study.steady(top_p, top_c, 2, 0.0), 0.85)
+    assert first.tolist() == [2, 1] and cls.tolist() == [0, 0]
+    # the floor: the moment before must itself reach it
+    assert study.steady(top_p, top_c, 2, 0.95).tolist() == [[False, False], [False, False], [False, False]]
+    s = early.first_call_stats(first, cls, labels, 0.85, percents=(50, 90, 100))
+    assert s["precision"] == 1.0 and s["announced_before_complete"] == 0.5
+
+
+def test_rule_study_confirm_1_is_the_shipped_choice():
+    """On random probabilities the study's confirm-1 rule chooses choose_threshold's threshold and stats."""
+    study = _rule_study()
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 300, 4)) * 2
+    logits[:, :, 0] += np.linspace(0, 4, 50)[:, None]  # class 0 (the truth) grows likelier as drawings grow
+    probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    labels = np.zeros(300, dtype=np.int64)
+    want = early.choose_threshold(probs, labels, target=0.9)
+    tops = early.top_guesses(probs)
+    (row,) = study.study((*tops, labels), (*tops, labels), [(1, 0.0)], 0.9)
+    assert 0.3 < want["threshold"] < 1.0  # the scan found one (the test means something)
+    assert row["threshold"] == want["threshold"]
+    assert row["val"]["announced_before_complete"] == want["announced_before_complete"]
+    assert row["test"]["precision"] == want["precision"]
+
+
+def test_choose_threshold_is_the_smallest_grid_threshold_meeting_the_target():
+    """choose_threshold against its definition: announcement_stats at every grid threshold, smallest first."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(20, 200, 5)) * 2
+    logits[:, :, 2] += np.linspace(0, 4, 20)[:, None]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    labels = np.full(200, 2)
+    percents = tuple(range(5, 101, 5))
+    for target in (0.8, 0.9):
+        got = early.choose_threshold(probs, labels, percents, target=target)
+        want = next(
+            t
+            for t in early.THRESHOLD_GRID
+            if (s := early.announcement_stats(probs, labels, float(t), percents))["precision"] >= target
+            and s["announced"] > 0
+        )
+        assert got["threshold"] == float(want) and 0.3 < want < 1.0
+        assert got["announced"] == early.announcement_stats(probs, labels, float(want), percents)["announced"]

@@ -303,6 +303,7 @@ TARGET_PRECISION = 0.95
 # right 91.6% of the time on a 10% grid, 89.6% on 5%, 87.3% on 2%. So the threshold is chosen on a 2%
 # grid (50 moments a drawing, about as many as the page's requests for a drawing of a few seconds).
 ANNOUNCE_PERCENTS = tuple(range(2, 101, 2))
+THRESHOLD_GRID = np.round(np.arange(0.30, 1.0005, 0.001), 3)  # the thresholds `choose_threshold` tries
 
 
 def point_prefix_probabilities(
@@ -315,20 +316,40 @@ def point_prefix_probabilities(
     return probs.reshape(len(percents), len(strokes_list), -1)
 
 
-def first_announcements(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """For probs [S, N, C] over growing shares: (share index of the first confident guess or -1, its class)."""
-    top_p = np.nan_to_num(probs.max(axis=2), nan=0.0)
-    top_c = np.nan_to_num(probs, nan=0.0).argmax(axis=2)
+def top_guesses(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top probability and class [S, N] of probs [S, N, C] (a moment with no step: probability 0)."""
+    return np.nan_to_num(probs.max(axis=2), nan=0.0), np.nan_to_num(probs, nan=0.0).argmax(axis=2)
+
+
+def first_calls(top_p: np.ndarray, top_c: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """From `top_guesses`: (share index of the first top probability >= threshold or -1, its class)."""
     hit = top_p >= threshold
     first = np.where(hit.any(axis=0), hit.argmax(axis=0), -1)
-    cls = np.where(first >= 0, top_c[np.maximum(first, 0), np.arange(probs.shape[1])], -1)
+    cls = np.where(first >= 0, top_c[np.maximum(first, 0), np.arange(top_p.shape[1])], -1)
     return first, cls
+
+
+def first_announcements(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """For probs [S, N, C] over growing shares: (share index of the first confident guess or -1, its class)."""
+    return first_calls(*top_guesses(probs), threshold)
 
 
 def announcement_stats(
     probs: np.ndarray, labels: np.ndarray, threshold: float, percents=ANNOUNCE_PERCENTS
 ) -> dict:
-    first, cls = first_announcements(probs, threshold)
+    """How the first calls at `threshold` fare (`first_call_stats`) for probs [S, N, C] over growing shares."""
+    return first_call_stats(*first_announcements(probs, threshold), labels, threshold, percents)
+
+
+def first_call_stats(
+    first: np.ndarray, cls: np.ndarray, labels: np.ndarray, threshold: float, percents=ANNOUNCE_PERCENTS
+) -> dict:
+    """Share of drawings called (at all, before their last share), first calls' precision, median share.
+
+    first / cls: per drawing, the share index of its first call (-1: never) and the class called, from
+    any announcing rule (the shipped one is `first_announcements`; scripts/announce_rule_study.py tries
+    others on the same footing).
+    """
     made = first >= 0
     right = made & (cls == np.asarray(labels))
     at = np.asarray(percents, dtype=np.float64)[first[made]] / 100
@@ -371,8 +392,9 @@ def choose_threshold(
 ) -> dict:
     """The smallest threshold (0.001 steps) whose first announcements are right at least `target` of the time."""
     info = {"target_precision": target, "shares_of_points": [p / 100 for p in percents]}
-    for t in np.round(np.arange(0.30, 1.0005, 0.001), 3):
-        stats = announcement_stats(probs, labels, float(t), percents)
+    tops = top_guesses(probs)  # once: the scan below only compares them with each threshold
+    for t in THRESHOLD_GRID:
+        stats = first_call_stats(*first_calls(*tops, float(t)), labels, float(t), percents)
         if stats["precision"] >= target and stats["announced"] > 0:
             return {**stats, **info}
-    return {**announcement_stats(probs, labels, 1.0, percents), **info}
+    return {**first_call_stats(*first_calls(*tops, 1.0), labels, 1.0, percents), **info}

@@ -1,0 +1,131 @@
+"""Would a steadier announcing rule call more drawings early at the same precision? A measurement.
+
+The shipped rule (`early.first_announcements`): a drawing is called ("I know: it's a ...!") at the first
+moment its calibrated top probability reaches the card's threshold, chosen on validation so that first
+calls are right >= 95% (`early.choose_threshold`). A common alternative waits for the guess to hold: call
+at a moment whose top probability reaches the threshold *and* whose top class was also the top class,
+with probability >= `floor`, at the `confirm - 1` moments before it. A transient confident mistake is then
+skipped, so the threshold may come down; but every call also waits `confirm - 1` moments longer.
+
+This script measures that trade on equal footing with the shipped rule: the same drawings (every k-th of
+a stroke3 cache's val and test splits, as `scripts/ship_model.py` picks val), the same moments (every 2% of
+their points, sent as captures: `early.point_prefix_probabilities`), the threshold of each rule chosen on
+val by the same scan as `choose_threshold`, then judged on test (`early.first_call_stats`). `confirm=1`
+is the shipped rule, and the script checks it reproduces `choose_threshold`.
+
+    python scripts/announce_rule_study.py --model quickdraw --data cache/w5k --max-drawings 5000
+
+On the page a moment is one answer (asked every 250 ms while drawing and at each stroke's end): about
+as many as the 50 moments of the 2% grid for a drawing of a few seconds, which is also what the shipped
+threshold's choice assumes (`early.ANNOUNCE_PERCENTS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def steady(top_p: np.ndarray, top_c: np.ndarray, confirm: int, floor: float) -> np.ndarray:
+    """[S, N] moments whose top class was also the top class, at >= floor, at the confirm - 1 before."""
+    ok = np.ones(top_p.shape, dtype=bool)
+    for back in range(1, confirm):
+        same = np.zeros(top_p.shape, dtype=bool)
+        same[back:] = (top_c[back:] == top_c[:-back]) & (top_p[:-back] >= floor)
+        ok &= same
+    return ok
+
+
+def first_steady_calls(
+    top_p: np.ndarray, top_c: np.ndarray, ok: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The shipped rule's `early.first_calls` over the moments `ok` allows (`steady`)."""
+    from doodle_rnn.early import first_calls
+
+    return first_calls(np.where(ok, top_p, 0.0), top_c, threshold)
+
+
+def study(val: tuple, test: tuple, rules: list[tuple[int, float]], target: float) -> list[dict]:
+    """Per rule (confirm, floor): its threshold chosen on val, and its first calls on val and test."""
+    from doodle_rnn.early import THRESHOLD_GRID, first_call_stats
+
+    (vp, vc, vy), (tp, tc, ty) = val, test
+    out = []
+    for confirm, floor in rules:
+        v_ok, t_ok = steady(vp, vc, confirm, floor), steady(tp, tc, confirm, floor)
+        chosen = 1.0
+        for t in THRESHOLD_GRID:
+            s = first_call_stats(*first_steady_calls(vp, vc, v_ok, float(t)), vy, float(t))
+            if s["precision"] >= target and s["announced"] > 0:
+                chosen = float(t)
+                break
+        row = {"confirm": confirm, "floor": floor, "threshold": chosen}
+        row["val"] = first_call_stats(*first_steady_calls(vp, vc, v_ok, chosen), vy, chosen)
+        row["test"] = first_call_stats(*first_steady_calls(tp, tc, t_ok, chosen), ty, chosen)
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="quickdraw", help="a shipped model's name or a checkpoint path")
+    ap.add_argument("--data", required=True, help="the stroke3 cache the model was trained on")
+    ap.add_argument("--max-drawings", type=int, default=5000, help="every k-th drawing of each split")
+    ap.add_argument("--target", type=float, default=0.95, help="first calls' precision on val")
+    ap.add_argument("--num-threads", type=int, default=None)
+    ap.add_argument("--out", default=None, help="write the JSON here too")
+    args = ap.parse_args()
+
+    from ship_model import val_strokes
+
+    from doodle_rnn.early import choose_threshold, point_prefix_probabilities, top_guesses
+    from doodle_rnn.inference import Classifier
+
+    if args.num_threads:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
+    clf = Classifier.load(args.model)
+    t0 = time.perf_counter()
+    splits = {}
+    for split in ("val", "test"):
+        strokes, labels, classes = val_strokes(args.data, split)
+        if classes != list(clf.classes):
+            raise SystemExit(f"{args.data}: its classes differ from the model's")
+        step = max(1, -(-len(labels) // args.max_drawings))
+        probs = point_prefix_probabilities(clf, strokes[::step])
+        splits[split] = (probs, labels[::step])
+    shipped = choose_threshold(*splits["val"], target=args.target)
+    rules = [(1, 0.0)] + [(k, f) for k in (2, 3, 4, 6, 8, 10, 12) for f in (0.0, 0.5, 0.7, 0.8, 0.9)]
+    rows = study(*[(*top_guesses(p), y) for p, y in splits.values()], rules, args.target)
+    if rows[0]["threshold"] != shipped["threshold"]:  # confirm=1 is the shipped rule: same choice
+        raise SystemExit(f"confirm=1 chose {rows[0]['threshold']}, choose_threshold {shipped['threshold']}")
+    result = {
+        "model": args.model,
+        "data": args.data,
+        "n_drawings": {k: len(y) for k, (_, y) in splits.items()},
+        "target_precision": args.target,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "rules": rows,
+    }
+    for r in sorted(rows, key=lambda r: r["val"]["announced_before_complete"]):
+        v, t = r["val"], r["test"]
+        print(f"confirm {r['confirm']:2d} floor {r['floor']:.1f} threshold {r['threshold']:.3f} | val called "
+              f"{v['announced_before_complete']:.3f} right {v['precision']:.3f} | test called "
+              f"{t['announced_before_complete']:.3f} right {t['precision']:.3f} median share "
+              f"{t['median_share_of_points']}", file=sys.stderr)  # fmt: skip
+    text = json.dumps(result, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
