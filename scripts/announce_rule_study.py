@@ -10,7 +10,7 @@ skipped, so the threshold may come down; but every call also waits `confirm - 1`
 This script measures that trade on equal footing with the shipped rule: the same drawings (every k-th of
 a stroke3 cache's val and test splits, as `scripts/ship_model.py` picks val), the same moments (every 2% of
 their points, sent as captures: `early.point_prefix_probabilities`), the threshold of each rule chosen on
-val by the same scan as `choose_threshold`, then judged on test (`early.first_call_stats`). `confirm=1`
+val by the same scan as `choose_threshold` (`early.lowest_threshold`), then judged on test (`early.first_call_stats`). `confirm=1`
 is the shipped rule, and the script checks it reproduces `choose_threshold`.
 
     python scripts/announce_rule_study.py --model quickdraw --data cache/w5k --max-drawings 5000
@@ -54,22 +54,16 @@ def first_steady_calls(
 
 def study(val: tuple, test: tuple, rules: list[tuple[int, float]], target: float) -> list[dict]:
     """Per rule (confirm, floor): its threshold chosen on val, and its first calls on val and test."""
-    from doodle_rnn.early import THRESHOLD_GRID, first_call_stats
+    from doodle_rnn.early import first_call_stats, lowest_threshold
 
     (vp, vc, vy), (tp, tc, ty) = val, test
     out = []
     for confirm, floor in rules:
         v_ok, t_ok = steady(vp, vc, confirm, floor), steady(tp, tc, confirm, floor)
-        chosen = 1.0
-        for t in THRESHOLD_GRID:
-            s = first_call_stats(*first_steady_calls(vp, vc, v_ok, float(t)), vy, float(t))
-            if s["precision"] >= target and s["announced"] > 0:
-                chosen = float(t)
-                break
-        row = {"confirm": confirm, "floor": floor, "threshold": chosen}
-        row["val"] = first_call_stats(*first_steady_calls(vp, vc, v_ok, chosen), vy, chosen)
-        row["test"] = first_call_stats(*first_steady_calls(tp, tc, t_ok, chosen), ty, chosen)
-        out.append(row)
+        on_val = lowest_threshold(lambda t, ok=v_ok: first_steady_calls(vp, vc, ok, t), vy, target=target)
+        chosen = on_val["threshold"]
+        on_test = first_call_stats(*first_steady_calls(tp, tc, t_ok, chosen), ty, chosen)
+        out.append({"confirm": confirm, "floor": floor, "threshold": chosen, "val": on_val, "test": on_test})
     return out
 
 

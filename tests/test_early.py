@@ -216,6 +216,15 @@ def _rule_study():
     return mod
 
 
+def _growing_truth(seed: int, shares: int, drawings: int, classes: int, truth: int):
+    """Random probabilities [shares, drawings, classes] whose true class grows likelier as drawings grow,
+    and the labels: the first calls of such drawings are right more often at higher thresholds."""
+    logits = np.random.default_rng(seed).normal(size=(shares, drawings, classes)) * 2
+    logits[:, :, truth] += np.linspace(0, 4, shares)[:, None]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    return probs, np.full(drawings, truth, dtype=np.int64)
+
+
 def test_steadier_rule_waits_for_the_guess_to_hold():
     """Shares (50, 90, 100)%: drawing 0 is confident-wrong at 50% only, then confident-right; drawing 1 is
     confident-right throughout. The shipped rule (confirm 1) calls 0 wrong at 50%; confirm 2 skips that
@@ -237,11 +246,7 @@ def test_steadier_rule_waits_for_the_guess_to_hold():
 def test_rule_study_confirm_1_is_the_shipped_choice():
     """On random probabilities the study's confirm-1 rule chooses choose_threshold's threshold and stats."""
     study = _rule_study()
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(50, 300, 4)) * 2
-    logits[:, :, 0] += np.linspace(0, 4, 50)[:, None]  # class 0 (the truth) grows likelier as drawings grow
-    probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
-    labels = np.zeros(300, dtype=np.int64)
+    probs, labels = _growing_truth(seed=0, shares=50, drawings=300, classes=4, truth=0)
     want = early.choose_threshold(probs, labels, target=0.9)
     tops = early.top_guesses(probs)
     (row,) = study.study((*tops, labels), (*tops, labels), [(1, 0.0)], 0.9)
@@ -253,11 +258,7 @@ def test_rule_study_confirm_1_is_the_shipped_choice():
 
 def test_choose_threshold_is_the_smallest_grid_threshold_meeting_the_target():
     """choose_threshold against its definition: announcement_stats at every grid threshold, smallest first."""
-    rng = np.random.default_rng(1)
-    logits = rng.normal(size=(20, 200, 5)) * 2
-    logits[:, :, 2] += np.linspace(0, 4, 20)[:, None]
-    probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
-    labels = np.full(200, 2)
+    probs, labels = _growing_truth(seed=1, shares=20, drawings=200, classes=5, truth=2)
     percents = tuple(range(5, 101, 5))
     for target in (0.8, 0.9):
         got = early.choose_threshold(probs, labels, percents, target=target)

@@ -44,7 +44,7 @@ through one batched call; normalising and the model both work on whole batches.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -392,9 +392,20 @@ def choose_threshold(
 ) -> dict:
     """The smallest threshold (0.001 steps) whose first announcements are right at least `target` of the time."""
     info = {"target_precision": target, "shares_of_points": [p / 100 for p in percents]}
-    tops = top_guesses(probs)  # once: the scan below only compares them with each threshold
+    tops = top_guesses(probs)  # once: the scan only compares them with each threshold
+    return {**lowest_threshold(lambda t: first_calls(*tops, t), labels, percents, target), **info}
+
+
+def lowest_threshold(
+    calls: Callable[[float], tuple[np.ndarray, np.ndarray]],
+    labels: np.ndarray,
+    percents=ANNOUNCE_PERCENTS,
+    target: float = TARGET_PRECISION,
+) -> dict:
+    """`first_call_stats` at the smallest `THRESHOLD_GRID` threshold whose first calls are right >= `target`
+    (at 1.0 where none is); `calls(t)` gives (first, cls) at threshold t, for the shipped rule or another."""
     for t in THRESHOLD_GRID:
-        stats = first_call_stats(*first_calls(*tops, float(t)), labels, float(t), percents)
+        stats = first_call_stats(*calls(float(t)), labels, float(t), percents)
         if stats["precision"] >= target and stats["announced"] > 0:
-            return {**stats, **info}
-    return {**first_call_stats(*first_calls(*tops, 1.0), labels, 1.0, percents), **info}
+            return stats
+    return first_call_stats(*calls(1.0), labels, 1.0, percents)
