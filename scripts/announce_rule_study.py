@@ -15,6 +15,11 @@ is the shipped rule, and the script checks it reproduces `choose_threshold`.
 
     python scripts/announce_rule_study.py --model quickdraw --data cache/w5k --max-drawings 5000
 
+`--score margin` asks a second question with the same machinery: is the top probability the best
+confidence to call on? It replaces it with the margin between the top two probabilities (also in [0, 1];
+`margin_guesses`), so every rule and floor reads the margin; its confirm-1 row is then the shipped rule
+with the margin for the probability.
+
 On the page a moment is one answer (asked every 250 ms while drawing and at each stroke's end): about
 as many as the 50 moments of the 2% grid for a drawing of a few seconds, which is also what the shipped
 threshold's choice assumes (`early.ANNOUNCE_PERCENTS`).
@@ -31,6 +36,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def margin_guesses(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`early.top_guesses` with the top probability replaced by the top-two margin, p1 - p2 [S, N].
+
+    A drawing torn between two classes (cup or mug) has a small margin even at a high top probability
+    and a clear one a large margin; a moment with no step has margin 0."""
+    p = np.nan_to_num(probs, nan=0.0)
+    two = np.partition(p, p.shape[2] - 2, axis=2)[:, :, -2:]
+    return two[:, :, 1] - two[:, :, 0], p.argmax(axis=2)
 
 
 def steady(top_p: np.ndarray, top_c: np.ndarray, confirm: int, floor: float) -> np.ndarray:
@@ -75,6 +90,9 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.95, help="first calls' precision on val")
     ap.add_argument("--num-threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the JSON here too")
+    ap.add_argument("--score", choices=("top", "margin"), default="top",
+                    help="confidence to call on: the top probability (the shipped rule's) or the margin "
+                         "between the top two (margin_guesses)")  # fmt: skip
     args = ap.parse_args()
 
     from ship_model import val_strokes
@@ -98,14 +116,17 @@ def main() -> None:
         splits[split] = (probs, labels[::step])
     shipped = choose_threshold(*splits["val"], target=args.target)
     rules = [(1, 0.0)] + [(k, f) for k in (2, 3, 4, 6, 8, 10, 12) for f in (0.0, 0.5, 0.7, 0.8, 0.9)]
-    rows = study(*[(*top_guesses(p), y) for p, y in splits.values()], rules, args.target)
-    if rows[0]["threshold"] != shipped["threshold"]:  # confirm=1 is the shipped rule: same choice
+    guesses = top_guesses if args.score == "top" else margin_guesses
+    rows = study(*[(*guesses(p), y) for p, y in splits.values()], rules, args.target)
+    # with the top probability, confirm=1 is the shipped rule: the same choice
+    if args.score == "top" and rows[0]["threshold"] != shipped["threshold"]:
         raise SystemExit(f"confirm=1 chose {rows[0]['threshold']}, choose_threshold {shipped['threshold']}")
     result = {
         "model": args.model,
         "data": args.data,
         "n_drawings": {k: len(y) for k, (_, y) in splits.items()},
         "target_precision": args.target,
+        "score": args.score,
         "seconds": round(time.perf_counter() - t0, 1),
         "rules": rows,
     }

@@ -243,6 +243,15 @@ def test_steadier_rule_waits_for_the_guess_to_hold():
     assert s["precision"] == 1.0 and s["announced_before_complete"] == 0.5
 
 
+def test_margin_score_is_the_gap_between_the_top_two():
+    """margin_guesses: p1 - p2 per moment with top_guesses' class; a moment with no step (NaN) has 0."""
+    study = _rule_study()
+    probs = np.array([[[0.5, 0.3, 0.2], [0.1, 0.45, 0.45]], [[np.nan] * 3, [0.05, 0.05, 0.9]]])
+    margin, cls = study.margin_guesses(probs)
+    np.testing.assert_allclose(margin, [[0.2, 0.0], [0.0, 0.85]], atol=1e-12)
+    assert cls.tolist() == early.top_guesses(probs)[1].tolist()
+
+
 def test_rule_study_confirm_1_is_the_shipped_choice():
     """On random probabilities the study's confirm-1 rule chooses choose_threshold's threshold and stats."""
     study = _rule_study()
