@@ -252,6 +252,26 @@ def test_margin_score_is_the_gap_between_the_top_two():
     assert cls.tolist() == early.top_guesses(probs)[1].tolist()
 
 
+def test_per_class_thresholds_lower_where_calls_are_right_and_hold_where_wrong():
+    """Class 0 is right at 0.9 from the first moment, class 1 is a confident mistake at 0.9 (drawings of
+    class 2, called right at 0.99 a moment later). From one threshold of 0.95 the fit lowers class 0's and
+    class 2's thresholds and keeps class 1's: all four drawings are called right before complete, two of
+    them earlier. One threshold reaches that precision only above 0.9, calling half of them."""
+    study = _rule_study()
+    top_p = np.array([[0.9, 0.9, 0.9, 0.9], [0.9, 0.9, 0.99, 0.99], [0.9, 0.9, 0.99, 0.99]])
+    top_c = np.array([[0, 0, 1, 1], [0, 0, 2, 2], [0, 0, 2, 2]])
+    labels = np.array([0, 0, 2, 2])
+    grid = np.array([0.85, 0.95, 0.995])
+    thr = study.fit_class_thresholds(top_p, top_c, labels, 0.95, grid, weight=10.0, target=0.95)
+    assert thr.tolist() == [0.85, 0.95, 0.85]
+    first, cls = study.class_calls(top_p, top_c, thr)
+    assert first.tolist() == [0, 0, 1, 1] and cls.tolist() == [0, 0, 2, 2]
+    one = study.equal_precision_calls(top_p, top_c, labels, 1.0)
+    assert one["threshold"] == 0.901 and one["announced_before_complete"] == 0.5
+    assert study.right_before_complete_ceiling(top_p, top_c, labels, 0.95) == 0.5
+    assert study.right_before_complete_ceiling(top_p, top_c, labels, 0.85) == 1.0
+
+
 def test_rule_study_confirm_1_is_the_shipped_choice():
     """On random probabilities the study's confirm-1 rule chooses choose_threshold's threshold and stats."""
     study = _rule_study()
