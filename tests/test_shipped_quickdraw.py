@@ -41,16 +41,18 @@ def test_quickdraw_is_shipped_with_a_card_that_meets_the_targets(clf: Classifier
     card = clf.info["card"]
     assert card["name"] == "quickdraw" and len(clf.classes) == 338
     assert {d.word for d in heldout} == set(clf.classes) and len(heldout) == 5 * 338
-    # trained on wide5k (1.32 M drawings) with prefix training in seven legs, the last two without label
-    # smoothing: better than the first six (0.8051 / 0.9385, 37.8% called early, 0.546 at half the
-    # strokes), the first four (0.8004 / 0.9355, 33.3%, 0.542) and the wide1k model (0.714 / 0.887, no
-    # early calls to speak of); top-1, top-3 and half the strokes hold issue 20's 0.80 / 0.93 / 0.55
-    assert card["test"]["top1"] >= 0.806 and card["test"]["top3"] >= 0.939, card["test"]
+    # trained on wide5k (1.32 M drawings) with prefix training in eight legs, the last three without label
+    # smoothing: better than the first seven (0.8067 / 0.9391, 0.553 at half the strokes; 39.1% called
+    # early, but only 94.2% of those first calls right on test), the first six (0.8051 / 0.9385, 37.8%,
+    # 0.546) and the wide1k model (0.714 / 0.887, no early calls to speak of); top-1, top-3 and half the
+    # strokes hold issue 20's 0.80 / 0.93 / 0.55, and first calls on test its 95%
+    assert card["test"]["top1"] >= 0.807 and card["test"]["top3"] >= 0.939, card["test"]
     assert card["test"]["n_drawings"] > 160_000 and "wide5k" in card["test"]["data"]
     assert 0.0 < card["announce_threshold"] < 0.999 and card["announcement"]["precision"] >= 0.95
     calls = card["test"]["early_guessing"]["announcement"]
-    assert calls["threshold"] == card["announce_threshold"] and calls["announced_before_complete"] >= 0.39
-    assert card["test"]["early_guessing"]["strokes"]["0.5"]["top1"] >= 0.55  # legs 1-6: 0.546; wide1k: 0.376
+    assert calls["threshold"] == card["announce_threshold"] and calls["announced_before_complete"] >= 0.37
+    assert calls["precision"] >= 0.95, calls  # legs 1-7: 0.942 on test
+    assert card["test"]["early_guessing"]["strokes"]["0.5"]["top1"] >= 0.555  # legs 1-7: 0.553; wide1k: 0.376
     assert shipped_path("quickdraw").stat().st_size < 10_000_000
 
 
